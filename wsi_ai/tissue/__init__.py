@@ -1,0 +1,1 @@
+"""tissue stage."""
