@@ -1,0 +1,108 @@
+"""Slide metadata as plain frozen values: levels, MPP and where it came from.
+
+MPP (microns per pixel) is never guessed silently. :func:`resolve_mpp` applies the
+order fixed in DESIGN.md: the user's override, then the file's metadata, then the
+objective power (with a warning), else ``None`` -- and whoever needs an MPP calls
+:meth:`SlideInfo.require_mpp`, which raises :class:`MissingMppError` asking for
+``--slide-mpp``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+log = logging.getLogger(__name__)
+
+MppSource = Literal["user", "metadata", "objective-power"]
+Modality = Literal["brightfield", "fluorescence"]
+
+# OpenSlide's and tiffslide's normalised property names (identical strings).
+PROP_MPP_X = "openslide.mpp-x"
+PROP_MPP_Y = "openslide.mpp-y"
+PROP_OBJECTIVE = "openslide.objective-power"
+PROP_VENDOR = "openslide.vendor"
+TIFFSLIDE_PREFIX = "tiffslide."
+
+# 10 µm/px at 1x: the usual convention (20x -> 0.5 µm/px, 40x -> 0.25 µm/px).
+MICRONS_AT_1X = 10.0
+
+
+@dataclass(frozen=True)
+class Level:
+    """One pyramid level as the backend that opened the slide reports it."""
+
+    index: int
+    width: int
+    height: int
+    downsample: float
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        return (self.width, self.height)
+
+
+@dataclass(frozen=True)
+class Mpp:
+    """Level-0 microns per pixel and where the value came from."""
+
+    x: float
+    y: float
+    source: MppSource
+
+    @property
+    def mean(self) -> float:
+        return (self.x + self.y) / 2.0
+
+
+def _positive_float(value: object) -> float | None:
+    try:
+        number = float(str(value))
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+def normalise_properties(props: Mapping[str, str]) -> dict[str, str]:
+    """Properties with tiffslide's ``tiffslide.*`` names also given OpenSlide's ``openslide.*``."""
+    out = {str(k): str(v) for k, v in props.items() if v is not None}
+    for key, value in list(out.items()):
+        if key.startswith(TIFFSLIDE_PREFIX):
+            out.setdefault("openslide." + key[len(TIFFSLIDE_PREFIX) :], value)
+    return out
+
+
+def objective_power(props: Mapping[str, str]) -> float | None:
+    return _positive_float(props.get(PROP_OBJECTIVE))
+
+
+def resolve_mpp(
+    props: Mapping[str, str], mpp_override: float | tuple[float, float] | None, name: str
+) -> Mpp | None:
+    """The slide's level-0 MPP by DESIGN.md's order; ``None`` when nothing gives one."""
+    if mpp_override is not None:
+        mx, my = (
+            mpp_override if isinstance(mpp_override, tuple) else (mpp_override, mpp_override)
+        )
+        if _positive_float(mx) is None or _positive_float(my) is None:
+            raise ValueError(f"--slide-mpp must be a positive number, got {mpp_override!r}")
+        return Mpp(float(mx), float(my), "user")
+    mx = _positive_float(props.get(PROP_MPP_X))
+    my = _positive_float(props.get(PROP_MPP_Y))
+    if mx is not None or my is not None:
+        return Mpp(mx or my or 0.0, my or mx or 0.0, "metadata")
+    power = objective_power(props)
+    if power is not None:
+        mpp = MICRONS_AT_1X / power
+        log.warning(
+            "%s: no MPP in the metadata; using %.4g µm/px from the %gx objective power "
+            "(pass --slide-mpp to set it exactly)",
+            name,
+            mpp,
+            power,
+        )
+        return Mpp(mpp, mpp, "objective-power")
+    return None
