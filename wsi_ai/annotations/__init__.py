@@ -1,4 +1,4 @@
-"""Annotations: one model (:class:`Annotation`) and readers/writers for QuPath GeoJSON and ASAP XML."""
+"""Annotations: one model (:class:`Annotation`), QuPath GeoJSON and ASAP XML readers/writers."""
 
 from wsi_ai.annotations.model import Annotation
 

@@ -27,9 +27,14 @@ RGBArray = NDArray[np.uint8]
 
 
 class _Reader(Protocol):
-    level_count: int
-    level_dimensions: tuple[tuple[int, int], ...]
-    level_downsamples: tuple[float, ...]
+    @property
+    def level_count(self) -> int: ...
+
+    @property
+    def level_dimensions(self) -> Any: ...
+
+    @property
+    def level_downsamples(self) -> Any: ...
 
     @property
     def properties(self) -> Any: ...
@@ -183,7 +188,8 @@ def open_backend(path: Path, backend: str = "auto") -> Backend:
             "a DICOM file needs a VL Whole Slide Microscopy pyramid image with its ImageType; "
             "label-only or malformed DICOM files cannot be read: export the slide again"
         )
-    raise UnsupportedSlideError(f"cannot read this file as a slide ({'; '.join(reasons)}); {hint}", path)
+    why = "; ".join(reasons)
+    raise UnsupportedSlideError(f"cannot read this file as a slide ({why}); {hint}", path)
 
 
 def _short(err: Exception) -> str:

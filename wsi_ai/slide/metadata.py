@@ -90,10 +90,10 @@ def resolve_mpp(
         if _positive_float(mx) is None or _positive_float(my) is None:
             raise ValueError(f"--slide-mpp must be a positive number, got {mpp_override!r}")
         return Mpp(float(mx), float(my), "user")
-    mx = _positive_float(props.get(PROP_MPP_X))
-    my = _positive_float(props.get(PROP_MPP_Y))
-    if mx is not None or my is not None:
-        return Mpp(mx or my or 0.0, my or mx or 0.0, "metadata")
+    meta_x = _positive_float(props.get(PROP_MPP_X))
+    meta_y = _positive_float(props.get(PROP_MPP_Y))
+    if meta_x is not None or meta_y is not None:
+        return Mpp(meta_x or meta_y or 0.0, meta_y or meta_x or 0.0, "metadata")
     power = objective_power(props)
     if power is not None:
         mpp = MICRONS_AT_1X / power

@@ -184,7 +184,7 @@ class Slide:
         """A whole level, optionally shrunk to fit ``max_size`` px, read in bounded memory."""
         width, height = self.levels[level].dimensions
         factor = 1.0 if max_size is None else min(1.0, max_size / max(width, height))
-        out_w, out_h = max(1, round(width * factor)), max(1, round(height * factor))
+        out_w = max(1, round(width * factor))
         if factor == 1.0:
             return self.read_region((0, 0), level, (width, height))
         ds = self.levels[level].downsample
