@@ -76,3 +76,46 @@ def _check_shared_checksums() -> None:
             bad.append(name)
     if bad:
         pytest.fail(f"shared test data corrupted (sha256 mismatch): {', '.join(bad)}")
+
+
+# ---- every GeoJSON a test leaves in its tmp_path must import into QuPath -------------------
+
+_GEOJSON_SUFFIXES = (".geojson", ".geojson.gz")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "qupath_unchecked: the test writes GeoJSON QuPath rejects on purpose"
+    )
+
+
+@pytest.fixture(autouse=True)
+def _geojson_in_tmp_path_imports_into_qupath(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test, check every *.geojson / *.geojson.gz under its ``tmp_path``.
+
+    Files carrying wsi-ai's ``"wsi_ai"`` provenance member (written by our writer) are held
+    to wsi-ai's strict rules, other files to QuPath's own (tests/qupath_rules.py). A test
+    that writes bad GeoJSON on purpose is marked ``@pytest.mark.qupath_unchecked``.
+    """
+    yield
+    tmp = getattr(request.node, "funcargs", {}).get("tmp_path")
+    if tmp is None or request.node.get_closest_marker("qupath_unchecked") is not None:
+        return
+    from tests.qupath_rules import load, validate_qupath_geojson
+
+    problems: list[str] = []
+    for folder, subfolders, files in os.walk(tmp):
+        subfolders[:] = [d for d in subfolders if not d.endswith(".zarr")]  # chunk trees
+        for name in files:
+            if not name.lower().endswith(_GEOJSON_SUFFIXES):
+                continue
+            path = Path(folder) / name
+            try:
+                doc = load(path)
+            except (OSError, ValueError, EOFError) as err:
+                problems.append(f"{path}: not readable as JSON: {err}")
+                continue
+            strict = isinstance(doc, dict) and "wsi_ai" in doc
+            problems += [f"{path}: {p}" for p in validate_qupath_geojson(doc, strict=strict)[:5]]
+    if problems:
+        pytest.fail("GeoJSON that QuPath would not import:\n" + "\n".join(problems[:20]))

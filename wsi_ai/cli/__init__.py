@@ -1,0 +1,35 @@
+"""The ``wsi-ai`` command line (click). Commands live in one module per stage."""
+
+from __future__ import annotations
+
+import click
+
+from wsi_ai import __version__
+from wsi_ai.cli.common import setup_logging
+from wsi_ai.cli.slide_cmds import convert, info, tiles, tissue
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="wsi-ai")
+@click.option("-v", "--verbose", is_flag=True, help="Also print progress notes (log level INFO).")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+def main(verbose: bool, debug: bool) -> None:
+    """wsi-ai: whole-slide images in, tissue, patch grids and QuPath-ready outputs out.
+
+    Exit codes: 0 every input done, 1 an input failed (each reported on one line, the
+    others still processed), 2 usage error.
+
+    \b
+    Example:
+      wsi-ai info slide.svs
+      wsi-ai tissue slide.svs -o tissue.geojson
+      wsi-ai tiles slide.svs --mpp 0.5 --size 224 -o grid.csv --preview grid.png
+      wsi-ai convert slide.svs -o slide.ome.zarr
+    """
+    setup_logging(verbose)
+
+
+for command in (info, convert, tissue, tiles):
+    main.add_command(command)
+
+__all__ = ["main"]

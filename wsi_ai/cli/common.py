@@ -1,0 +1,138 @@
+"""What every command shares: options, one-line errors, per-input failure handling.
+
+Exit codes (DESIGN.md): 0 when every input was done, 1 when any input failed (each
+failure reported on one line, the other inputs still processed), 2 for usage errors
+(click's own). A traceback is a bug; ``--debug`` shows one for bug reports.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from wsi_ai.errors import WsiAiError
+from wsi_ai.slide import Slide, open_slide
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+log = logging.getLogger("wsi_ai")
+
+
+class _OneLine(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}".replace("\n", " ")
+
+
+def setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLine())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    # tifffile logs every oddity of a damaged file; our own error says it once.
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+
+
+def error_line(message: str) -> None:
+    click.echo(f"error: {' '.join(str(message).split())}", err=True)
+
+
+def describe_failure(label: str, err: BaseException) -> str:
+    if isinstance(err, WsiAiError):
+        return str(err)
+    return (
+        f"{label}: unexpected {type(err).__name__}: {err} "
+        "(this is a bug in wsi-ai: please report it with --debug output)"
+    )
+
+
+def run_each(
+    items: Iterable[T],
+    work: Callable[[T], None],
+    label: Callable[[T], str] = str,
+    on_error: Callable[[T, str], None] | None = None,
+) -> int:
+    """Run ``work`` on every item; report each failure on one line; return the exit code."""
+    debug = bool(click.get_current_context().find_root().params.get("debug"))
+    failed = 0
+    for item in items:
+        try:
+            work(item)
+        except (KeyboardInterrupt, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as err:
+            if debug:
+                raise
+            failed += 1
+            message = describe_failure(label(item), err)
+            error_line(message)
+            if on_error is not None:
+                on_error(item, message)
+    return 1 if failed else 0
+
+
+def open_for_cli(path: Path, slide_mpp: float | None, backend: str = "auto") -> Slide:
+    return open_slide(path, backend=backend, mpp_override=slide_mpp)
+
+
+def slide_mpp_option(func: F) -> F:
+    return click.option(
+        "--slide-mpp",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        help="The slide's own level-0 µm/px, for files that lack it (wins over the metadata).",
+    )(func)
+
+
+def overwrite_option(func: F) -> F:
+    return click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")(
+        func
+    )
+
+
+def json_option(func: F) -> F:
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout."
+    )(func)
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@contextmanager
+def progress_bar(description: str, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar on stderr; yields ``update(done, total)``."""
+    if not enabled or not sys.stderr.isatty():
+        yield lambda done, total: None
+        return
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update

@@ -1,0 +1,369 @@
+"""Slide commands: ``info``, ``convert``, ``tissue`` and ``tiles``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from wsi_ai import __version__
+from wsi_ai.cli.common import (
+    echo_json,
+    json_option,
+    open_for_cli,
+    overwrite_option,
+    progress_bar,
+    run_each,
+    slide_mpp_option,
+)
+from wsi_ai.errors import InvalidInputError
+from wsi_ai.outputs import check_output
+
+SLIDES = click.argument("slides", nargs=-1, required=True, type=click.Path(path_type=Path))
+SLIDE = click.argument("slide", type=click.Path(path_type=Path))
+
+
+def _human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+def _provenance(slide_path: Path, params: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "wsi_ai_version": __version__,
+        "slide": slide_path.name,
+        "slide_size_bytes": slide_path.stat().st_size,
+        "parameters": params,
+    }
+
+
+@click.command()
+@SLIDES
+@slide_mpp_option
+@json_option
+def info(slides: tuple[Path, ...], slide_mpp: float | None, as_json: bool) -> None:
+    """Print one row of metadata per slide: vendor, size, levels, MPP, modality.
+
+    Label and macro images are named, never shown.
+
+    \b
+    Example:
+      wsi-ai info slides/*.svs
+      wsi-ai info CMU-1-Small-Region.svs --json
+    """
+    rows: list[dict[str, Any]] = []
+
+    def one(path: Path) -> None:
+        with open_for_cli(path, slide_mpp) as slide:
+            rows.append(slide.info())
+
+    code = run_each(
+        slides, one, on_error=lambda p, msg: rows.append({"path": str(p), "error": msg})
+    )
+    if as_json:
+        echo_json(rows)
+    else:
+        _print_info_table(rows)
+    raise SystemExit(code)
+
+
+def _print_info_table(rows: list[dict[str, Any]]) -> None:
+    ok = [r for r in rows if "error" not in r]
+    if not ok:
+        return
+    table = Table(show_edge=False, header_style="bold")
+    for column in (
+        "file",
+        "vendor",
+        "size (px)",
+        "levels",
+        "MPP",
+        "mag",
+        "modality",
+        "associated",
+        "file size",
+    ):
+        table.add_column(column, no_wrap=column in ("file", "size (px)"))
+    for r in ok:
+        mpp = "none" if r["mpp_x"] is None else f"{r['mpp_x']:.4g} ({r['mpp_source']})"
+        mag = "-" if r["objective_power"] is None else f"{r['objective_power']:g}x"
+        table.add_row(
+            r["file"],
+            r["vendor"],
+            f"{r['width']} x {r['height']}",
+            str(len(r["levels"])),
+            mpp,
+            mag,
+            r["modality"],
+            ", ".join(r["associated_images"]) or "-",
+            _human_size(r["file_size"]),
+        )
+    Console(width=160).print(table)
+
+
+@click.command()
+@SLIDE
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="OUT.ome.zarr")
+@click.option(
+    "--ngff",
+    type=click.Choice(["0.4", "0.5"]),
+    default="0.4",
+    show_default=True,
+    help="0.4 writes Zarr v2 (what QuPath's Bio-Formats opens); 0.5 writes Zarr v3.",
+)
+@click.option("--include-associated", is_flag=True, help="Also copy label/macro images.")
+@click.option("--chunk", type=click.IntRange(64, 4096), default=512, show_default=True)
+@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True)
+@slide_mpp_option
+@overwrite_option
+def convert(
+    slide: Path,
+    out: Path,
+    ngff: str,
+    include_associated: bool,
+    chunk: int,
+    workers: int,
+    slide_mpp: float | None,
+    overwrite: bool,
+) -> None:
+    """Write the slide as an OME-Zarr pyramid (axes c, y, x; scales in µm).
+
+    Streams chunk by chunk with Dask in bounded memory; the store appears under its
+    name only when complete.
+
+    \b
+    Example:
+      wsi-ai convert CMU-1-Small-Region.svs -o cmu.ome.zarr
+      wsi-ai convert slide.ndpi -o slide.ome.zarr --ngff 0.5 --include-associated
+    """
+    from wsi_ai.export.ome_zarr import convert_slide
+
+    def one(path: Path) -> None:
+        check_output(out, overwrite)
+        with open_for_cli(path, slide_mpp) as s, progress_bar("convert") as update:
+            convert_slide(
+                s,
+                out,
+                ngff=ngff,
+                include_associated=include_associated,
+                overwrite=overwrite,
+                chunk=chunk,
+                num_workers=workers,
+                progress=update,
+            )
+        click.echo(f"wrote {out}")
+
+    raise SystemExit(run_each([slide], one))
+
+
+@click.command()
+@SLIDE
+@click.option(
+    "-o",
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="tissue.geojson (QuPath annotations; .geojson.gz also works)",
+)
+@click.option(
+    "--mask",
+    "mask_png",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write the raster mask as a PNG.",
+)
+@click.option(
+    "--target-mpp",
+    type=click.FloatRange(min=0, min_open=True),
+    default=8.0,
+    show_default=True,
+    help="Resolution the mask is computed at (µm/px).",
+)
+@slide_mpp_option
+@overwrite_option
+@json_option
+def tissue(
+    slide: Path,
+    out: Path,
+    mask_png: Path | None,
+    target_mpp: float,
+    slide_mpp: float | None,
+    overwrite: bool,
+    as_json: bool,
+) -> None:
+    """Find the tissue and export it as QuPath annotations (class "Tissue").
+
+    \b
+    Example:
+      wsi-ai tissue CMU-1-Small-Region.svs -o tissue.geojson --mask tissue.png
+    """
+    from wsi_ai.export.geojson import write_geojson
+    from wsi_ai.tiling.preview import save_png
+    from wsi_ai.tissue import detect_tissue
+
+    def one(path: Path) -> None:
+        check_output(out, overwrite)
+        if mask_png is not None:
+            check_output(mask_png, overwrite)
+        with open_for_cli(path, slide_mpp) as s:
+            found = detect_tissue(s, target_mpp=target_mpp)
+            params = {"target_mpp": target_mpp, "level": found.level, "modality": found.modality}
+            report = write_geojson(
+                out,
+                found.to_annotations(mpp=None if s.mpp is None else s.mpp.mean),
+                provenance=_provenance(path, params),
+                overwrite=overwrite,
+            )
+            if mask_png is not None:
+                save_png(found.mask.astype("uint8") * 255, mask_png, overwrite=overwrite)
+        summary = {
+            "slide": str(path),
+            "out": str(out),
+            "regions": report.written,
+            "repaired": report.repaired,
+            "dropped": report.dropped,
+            "modality": found.modality,
+            "tissue_fraction": round(float(found.mask.mean()), 4),
+        }
+        if report.warnings:
+            click.echo(
+                f"warning: {report.repaired} polygon(s) repaired, {report.dropped} dropped",
+                err=True,
+            )
+        if as_json:
+            echo_json(summary)
+        else:
+            click.echo(
+                f"wrote {out}: {report.written} tissue region(s), "
+                f"{summary['tissue_fraction']:.1%} of the slide ({found.modality})"
+            )
+
+    raise SystemExit(run_each([slide], one))
+
+
+@click.command()
+@SLIDE
+@click.option(
+    "-o",
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="grid.csv, grid.parquet or grid.zarr",
+)
+@click.option(
+    "--mpp",
+    type=click.FloatRange(min=0, min_open=True),
+    default=0.5,
+    show_default=True,
+    help="Target resolution of the patches (µm/px).",
+)
+@click.option(
+    "--size",
+    type=click.IntRange(min=1),
+    default=224,
+    show_default=True,
+    help="Patch side in target pixels.",
+)
+@click.option(
+    "--overlap",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Target pixels shared by neighbouring patches.",
+)
+@click.option(
+    "--min-tissue",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Drop patches with a smaller tissue fraction.",
+)
+@click.option("--no-tissue", is_flag=True, help="Keep every patch; skip tissue detection.")
+@click.option(
+    "--edge",
+    type=click.Choice(["inside", "pad"]),
+    default="inside",
+    show_default=True,
+    help="inside: whole patches only; pad: add partial edge patches (white outside).",
+)
+@click.option(
+    "--preview",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Draw the grid over the thumbnail into this PNG.",
+)
+@slide_mpp_option
+@overwrite_option
+@json_option
+def tiles(
+    slide: Path,
+    out: Path,
+    mpp: float,
+    size: int,
+    overlap: int,
+    min_tissue: float,
+    no_tissue: bool,
+    edge: str,
+    preview: Path | None,
+    slide_mpp: float | None,
+    overwrite: bool,
+    as_json: bool,
+) -> None:
+    """Write the patch table: one row per patch (x, y, width, height in level-0 px).
+
+    Columns: x, y, width, height, level (the level to read), tissue_fraction.
+
+    \b
+    Example:
+      wsi-ai tiles CMU-1-Small-Region.svs --mpp 0.5 --size 224 -o grid.csv --preview grid.png
+    """
+    from wsi_ai.tiling import grid, write_table
+    from wsi_ai.tiling.preview import draw_grid, save_png
+    from wsi_ai.tiling.table import table_format
+    from wsi_ai.tissue import detect_tissue
+
+    def one(path: Path) -> None:
+        table_format(out)
+        check_output(out, overwrite)
+        if preview is not None:
+            check_output(preview, overwrite)
+        with open_for_cli(path, slide_mpp) as s:
+            s.require_mpp()
+            mask = None if no_tissue else detect_tissue(s)
+            patches = grid(
+                s,
+                mpp=mpp,
+                size=size,
+                overlap=overlap,
+                tissue=mask,
+                min_tissue=min_tissue,
+                edge=edge,
+            )  # type: ignore[arg-type]
+            if len(patches) == 0:
+                raise InvalidInputError(
+                    f"no patch has at least {min_tissue:.0%} tissue; lower --min-tissue, "
+                    "or pass --no-tissue",
+                    path,
+                )
+            write_table(patches.table, out, meta=patches.spec.as_dict(), overwrite=overwrite)
+            if preview is not None:
+                save_png(draw_grid(s, patches), preview, overwrite=overwrite)
+        spec = patches.spec
+        if as_json:
+            echo_json(
+                {"slide": str(path), "out": str(out), "patches": len(patches), **spec.as_dict()}
+            )
+        else:
+            click.echo(
+                f"wrote {out}: {len(patches)} patches of {size} px at {mpp:g} µm/px "
+                f"(read {spec.read_size} px from level {spec.level})"
+            )
+
+    raise SystemExit(run_each([slide], one))
