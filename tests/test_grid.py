@@ -78,9 +78,11 @@ def test_upsampling_when_no_level_is_fine_enough(shared, caplog: pytest.LogCaptu
 
 
 def test_grid_needs_an_mpp(shared) -> None:
-    with open_slide(shared("slides/skin-he-striped.tif")) as slide:
-        with pytest.raises(MissingMppError, match="--slide-mpp"):
-            grid(slide)
+    with (
+        open_slide(shared("slides/skin-he-striped.tif")) as slide,
+        pytest.raises(MissingMppError, match="--slide-mpp"),
+    ):
+        grid(slide)
 
 
 def test_bad_parameters(cmu_small: Path) -> None:

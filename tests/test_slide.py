@@ -69,16 +69,15 @@ def test_truncated_slide_is_an_error_not_a_crash(
 ) -> None:
     broken = tmp_path / "truncated.svs"
     broken.write_bytes(cmu_small.read_bytes()[:keep])
-    with pytest.raises(WsiAiError) as info:
-        with open_slide(broken) as slide:
-            slide.read_region((0, 0), 0, slide.dimensions)
+    with pytest.raises(WsiAiError) as info, open_slide(broken) as slide:
+        slide.read_region((0, 0), 0, slide.dimensions)
     assert str(broken) in str(info.value)
 
 
 def test_not_a_slide(tmp_path: Path) -> None:
     text = tmp_path / "notes.svs"
     text.write_text("not a slide")
-    with pytest.raises(UnsupportedSlideError, match="notes.svs"):
+    with pytest.raises(UnsupportedSlideError, match=r"notes\.svs"):
         open_slide(text)
 
 

@@ -1,0 +1,128 @@
+"""The slide commands end to end: outputs, one-line errors, exit codes, multi-slide runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from wsi_ai.cli import main
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def assert_one_line_error(stderr: str, *needles: str) -> None:
+    lines = [ln for ln in stderr.splitlines() if ln.startswith("error:")]
+    assert lines, stderr
+    assert "Traceback" not in stderr
+    for needle in needles:
+        assert any(needle in ln for ln in lines), (needle, stderr)
+
+
+def test_help_explains_every_command_with_an_example() -> None:
+    code, out, _ = run("--help")
+    assert code == 0
+    commands = [ln.split()[0] for ln in out.split("Commands:")[1].strip().splitlines()]
+    for command in commands:
+        c, text, _ = run(command, "--help")
+        assert c == 0 and "Example" in text, command
+
+
+def test_info_json_reports_every_slide_and_each_failure(
+    shared, cmu_small: Path, tmp_path: Path
+) -> None:
+    missing = tmp_path / "missing.svs"
+    label_only = shared("slides/dicom/label-only.dcm")
+    code, out, err = run(
+        "info",
+        cmu_small,
+        missing,
+        label_only,
+        shared("slides/ndpi-fluorescence-dapi.ndpi"),
+        "--json",
+    )
+    assert code == 1
+    rows = json.loads(out)
+    assert [Path(r["path"]).name for r in rows] == [
+        "CMU-1-Small-Region.svs",
+        "missing.svs",
+        "label-only.dcm",
+        "ndpi-fluorescence-dapi.ndpi",
+    ] or {Path(r["path"]).name for r in rows} == {
+        "CMU-1-Small-Region.svs",
+        "missing.svs",
+        "label-only.dcm",
+        "ndpi-fluorescence-dapi.ndpi",
+    }
+    good = {Path(r["path"]).name: r for r in rows if "error" not in r}
+    assert good["CMU-1-Small-Region.svs"]["mpp_x"] == 0.499
+    assert good["ndpi-fluorescence-dapi.ndpi"]["modality"] == "fluorescence"
+    assert_one_line_error(err, "missing.svs", "label-only.dcm")
+
+
+def test_info_table(cmu_small: Path) -> None:
+    code, out, _ = run("info", cmu_small)
+    assert code == 0
+    assert "aperio" in out and "0.499 (metadata)" in out and "20x" in out and "label, macro" in out
+
+
+def test_tiles_without_tissue_writes_the_patch_table(cmu_small: Path, tmp_path: Path) -> None:
+    out = tmp_path / "grid.parquet"
+    code, stdout, _ = run(
+        "tiles", cmu_small, "--mpp", "1.0", "--size", "128", "--no-tissue", "-o", out, "--json"
+    )
+    assert code == 0, stdout
+    table = pd.read_parquet(out)
+    assert list(table.columns) == ["x", "y", "width", "height", "level", "tissue_fraction"]
+    assert json.loads(stdout)["patches"] == len(table) > 0
+
+
+def test_existing_output_needs_overwrite(cmu_small: Path, tmp_path: Path) -> None:
+    out = tmp_path / "grid.csv"
+    out.write_text("keep me")
+    code, _, err = run("tiles", cmu_small, "--no-tissue", "-o", out)
+    assert code == 1
+    assert_one_line_error(err, "grid.csv", "--overwrite")
+    assert out.read_text() == "keep me"
+
+
+def test_slide_without_mpp_asks_for_slide_mpp(shared, tmp_path: Path) -> None:
+    slide = shared("slides/tcga-cr-7395-01a-01-ts1.svs")
+    code, _, err = run("tiles", slide, "--no-tissue", "-o", tmp_path / "g.csv")
+    assert code == 1
+    assert_one_line_error(err, "tcga-cr-7395-01a-01-ts1.svs", "--slide-mpp")
+    code, _, _ = run("tiles", slide, "--no-tissue", "--slide-mpp", "0.5", "-o", tmp_path / "g.csv")
+    assert code == 0
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "not-a-slide", "truncated"])
+def test_bad_inputs_exit_1_with_one_line(kind: str, cmu_small: Path, tmp_path: Path) -> None:
+    path = {
+        "missing": tmp_path / "nope.svs",
+        "directory": tmp_path,
+        "not-a-slide": tmp_path / "notes.svs",
+        "truncated": tmp_path / "cut.svs",
+    }[kind]
+    if kind == "not-a-slide":
+        path.write_text("hello")
+    if kind == "truncated":
+        path.write_bytes(cmu_small.read_bytes()[:4000])
+    for command in (["info"], ["tiles", "--no-tissue", "-o", str(tmp_path / "g.csv")]):
+        code, _, err = run(*command, path)
+        assert code == 1, (command, err)
+        assert_one_line_error(err, path.name)
+
+
+def test_usage_errors_exit_2(cmu_small: Path) -> None:
+    code, _, _ = run("tiles", cmu_small)  # missing -o
+    assert code == 2
+    code, _, _ = run("tiles", cmu_small, "-o", "x.csv", "--mpp", "-1")
+    assert code == 2
