@@ -7,6 +7,7 @@ reason naming that variable; with ``WSI_AI_REQUIRE_TEST_DATA=1`` (set by ``.ci/r
 
 from __future__ import annotations
 
+import collections.abc
 import hashlib
 import os
 from collections.abc import Callable
@@ -90,7 +91,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _geojson_in_tmp_path_imports_into_qupath(request: pytest.FixtureRequest) -> Iterator[None]:
+def _geojson_in_tmp_path_imports_into_qupath(
+    request: pytest.FixtureRequest,
+) -> collections.abc.Iterator[None]:
     """After each test, check every *.geojson / *.geojson.gz under its ``tmp_path``.
 
     Files carrying wsi-ai's ``"wsi_ai"`` provenance member (written by our writer) are held
