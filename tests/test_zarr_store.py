@@ -97,3 +97,15 @@ def test_edge_chunks_are_padded_white_but_arrays_are_exact(shared) -> None:
         corner = arr[h - 5 : h, w - 5 : w]
         assert corner.shape == (5, 5, 3)
         assert np.array_equal(corner, slide.read_region((w - 5, h - 5), 0, (5, 5)))
+
+
+def test_tiled_tiff_levels_are_decoded_natively(cmu_small: Path, shared) -> None:
+    with open_slide(cmu_small) as slide:
+        store = slide.as_zarr().store
+        assert isinstance(store, LazySlideStore) and store._native is not None
+        assert store._native.tile_shape(0) == (240, 240)
+        tile = store._native.decode(0, 3, 4)  # the SVS's own tile, no read_region involved
+        assert np.array_equal(tile, slide.read_region((4 * 240, 3 * 240), 0, (240, 240)))
+    with open_slide(shared("slides/ndpi-fluorescence-dapi.ndpi")) as slide:
+        store = slide.as_zarr().store
+        assert isinstance(store, LazySlideStore) and store._native is None  # OpenSlide maps NDPI

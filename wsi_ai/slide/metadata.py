@@ -84,9 +84,7 @@ def resolve_mpp(
 ) -> Mpp | None:
     """The slide's level-0 MPP by DESIGN.md's order; ``None`` when nothing gives one."""
     if mpp_override is not None:
-        mx, my = (
-            mpp_override if isinstance(mpp_override, tuple) else (mpp_override, mpp_override)
-        )
+        mx, my = mpp_override if isinstance(mpp_override, tuple) else (mpp_override, mpp_override)
         if _positive_float(mx) is None or _positive_float(my) is None:
             raise ValueError(f"--slide-mpp must be a positive number, got {mpp_override!r}")
         return Mpp(float(mx), float(my), "user")

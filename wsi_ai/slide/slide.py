@@ -141,9 +141,7 @@ class Slide:
         return choose_level(self.level_downsamples, downsample)
 
     # -- pixels ----------------------------------------------------------------------
-    def read_region(
-        self, location: tuple[int, int], level: int, size: tuple[int, int]
-    ) -> RGBArray:
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> RGBArray:
         """RGB uint8 ``(h, w, 3)``: ``size`` pixels of ``level`` from level-0 ``location``.
 
         Pixels outside the slide come back white, as OpenSlide draws them.

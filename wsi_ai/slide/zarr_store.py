@@ -1,11 +1,12 @@
 """A lazy, read-only Zarr v3 view of a slide: one ``(y, x, c)`` uint8 array per level.
 
 Nothing is converted and nothing is written to disk. Each array's chunks are the
-level's own tiles (the backend's native tile size where it has one, 512 x 512 where
-it has none or an unusable one, such as NDPI's full-width strips). A chunk is read
-through the slide's backend only when zarr asks for it, and the last decoded chunks
-stay in a small LRU cache shared by every level, so neighbouring patches that touch
-the same tile decode it once.
+level's own tiles. For tiled TIFF pyramids (SVS, generic and OME-TIFF) a chunk is one
+native tile, read and decoded directly (:mod:`.native_tiles`). Elsewhere (NDPI, MRXS,
+DICOM, striped TIFF) a chunk is the backend's tile size where it is sensible, else
+512 x 512, read through ``read_region``. A chunk is decoded only when zarr asks for
+it, and the last decoded chunks stay in a small LRU cache shared by every level, so
+neighbouring patches that touch the same tile decode it once.
 
 The group carries the pyramid's metadata (levels, downsamples, MPP) in its
 attributes; the on-disk OME-Zarr export is :mod:`wsi_ai.export.ome_zarr`.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
@@ -31,6 +33,8 @@ from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 from zarr.storage import MemoryStore
 
 from wsi_ai import __version__
+from wsi_ai.errors import SlideReadError
+from wsi_ai.slide.native_tiles import NativeTiles
 
 if TYPE_CHECKING:
     from wsi_ai.slide.slide import Slide
@@ -94,7 +98,10 @@ class LazySlideStore(Store):
         super().__init__(read_only=True)
         self.slide = slide
         self._cache = _ChunkCache(cache_bytes)
-        self._chunks = [level_chunk_shape(slide, lv.index) for lv in slide.levels]
+        self._native = NativeTiles.open(slide.path, slide.level_dimensions)
+        if self._native is not None:
+            weakref.finalize(self, self._native.close)
+        self._chunks = [self._chunk_shape(lv.index) for lv in slide.levels]
         self._meta = _build_metadata(slide, self._chunks)
 
     def __eq__(self, other: object) -> bool:
@@ -102,6 +109,10 @@ class LazySlideStore(Store):
 
     def __hash__(self) -> int:
         return id(self.slide)
+
+    def _chunk_shape(self, level: int) -> tuple[int, int]:
+        native = None if self._native is None else self._native.tile_shape(level)
+        return native if native is not None else level_chunk_shape(self.slide, level)
 
     # -- chunk decoding ----------------------------------------------------------------
     def _parse_chunk_key(self, key: str) -> tuple[int, int, int] | None:
@@ -127,6 +138,17 @@ class LazySlideStore(Store):
         if cached is not None:
             return cached
         th, tw = self._chunks[level]
+        if self._native is not None and self._native.tile_shape(level) is not None:
+            try:
+                data = np.ascontiguousarray(self._native.decode(level, cy, cx)).tobytes()
+            except Exception as err:
+                raise SlideReadError(
+                    f"could not decode tile ({cy}, {cx}) of level {level} ({err}); the file "
+                    "may be truncated or corrupt: copy it again from the scanner",
+                    self.slide.path,
+                ) from err
+            self._cache.put(key, data)
+            return data
         lv = self.slide.levels[level]
         x, y = cx * tw, cy * th
         w, h = min(tw, lv.width - x), min(th, lv.height - y)

@@ -1,0 +1,122 @@
+"""Decode a TIFF-based slide's own tiles directly, without going through ``read_region``.
+
+For SVS, generic tiled TIFF and OME-TIFF, every pyramid level is a tiled TIFF page:
+reading one tile is a ``pread`` of its bytes and one codec call (libjpeg-turbo,
+OpenJPEG, ... through tifffile/imagecodecs). That is about ten times cheaper than a
+``read_region`` call, which composes tiles through an RGBA canvas. The lazy Zarr
+pyramid uses this where it applies and falls back to ``read_region`` elsewhere (NDPI,
+MRXS, DICOM, striped TIFF).
+
+A level is used only when tifffile's pyramid level has exactly the dimensions the
+slide's backend reports for it, so both always describe the same pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+log = logging.getLogger(__name__)
+
+
+class _Level:
+    __slots__ = ("grid", "page", "tile")
+
+    def __init__(self, page: Any) -> None:
+        self.page = page
+        self.tile = (int(page.tilelength), int(page.tilewidth))
+        rows = -(-int(page.imagelength) // self.tile[0])
+        cols = -(-int(page.imagewidth) // self.tile[1])
+        self.grid = (rows, cols)
+
+
+class NativeTiles:
+    """Tile decoding for the levels of a TIFF pyramid that match the slide's levels."""
+
+    def __init__(self, path: Path, tiff: Any, levels: dict[int, _Level]) -> None:
+        self.path = path
+        self._tiff = tiff
+        self._levels = levels
+        self._fd = os.open(path, os.O_RDONLY)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, path: Path, level_dimensions: tuple[tuple[int, int], ...]) -> NativeTiles | None:
+        """Native tiles for ``path``, or ``None`` when it is not a tiled TIFF pyramid."""
+        try:
+            import tifffile
+
+            with open(path, "rb") as fh:
+                if fh.read(4) not in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+                    return None
+            tiff = tifffile.TiffFile(path)
+        except Exception:
+            return None
+        try:
+            series = tiff.series[0]
+            if series.kind in ("ndpi", "scn", "bif"):  # vendor layouts OpenSlide maps itself
+                tiff.close()
+                return None
+            levels: dict[int, _Level] = {}
+            for index, (width, height) in enumerate(level_dimensions):
+                if index >= len(series.levels):
+                    break
+                page = series.levels[index].keyframe
+                if (
+                    page.is_tiled
+                    and (int(page.imagewidth), int(page.imagelength)) == (width, height)
+                    and int(page.imagedepth) == 1
+                    and page.dtype == np.uint8
+                    and page.samplesperpixel in (3, 4)
+                    and len(series.levels[index].pages) == 1
+                ):
+                    levels[index] = _Level(page)
+            if not levels:
+                tiff.close()
+                return None
+            return cls(path, tiff, levels)
+        except Exception as err:  # an odd file: fall back to read_region
+            log.debug("%s: native tiles unavailable (%s)", path.name, err)
+            tiff.close()
+            return None
+
+    def tile_shape(self, level: int) -> tuple[int, int] | None:
+        """(height, width) of the level's tiles, or ``None`` if the level is not native."""
+        entry = self._levels.get(level)
+        return None if entry is None else entry.tile
+
+    def decode(self, level: int, row: int, col: int) -> NDArray[np.uint8]:
+        """The tile at (row, col) of ``level`` as RGB uint8 (tile height, tile width, 3)."""
+        entry = self._levels[level]
+        rows, cols = entry.grid
+        if not (0 <= row < rows and 0 <= col < cols):
+            raise IndexError(f"tile ({row}, {col}) outside the {rows} x {cols} grid")
+        page = entry.page
+        index = row * cols + col
+        offset, count = int(page.dataoffsets[index]), int(page.databytecounts[index])
+        th, tw = entry.tile
+        if count == 0:  # a sparse tile: nothing was scanned there
+            return np.full((th, tw, 3), 255, dtype=np.uint8)
+        data = os.pread(self._fd, count, offset)
+        if len(data) != count:
+            raise OSError(f"tile {index} of level {level} is cut short: the file is truncated")
+        decoded, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
+        tile = np.asarray(decoded).reshape(th, tw, -1)
+        if tile.shape[2] == 4:  # RGBA: composite on white like OpenSlide
+            from wsi_ai.slide.backends import to_rgb
+
+            return to_rgb(tile)
+        return tile[:, :, :3]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+                self._tiff.close()
