@@ -7,6 +7,7 @@ import click
 from wsi_ai import __version__
 from wsi_ai.cli.common import setup_logging
 from wsi_ai.cli.slide_cmds import convert, info, tiles, tissue
+from wsi_ai.cli.train_cmds import predict, train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -29,7 +30,7 @@ def main(verbose: bool, debug: bool) -> None:
     setup_logging(verbose)
 
 
-for command in (info, convert, tissue, tiles):
+for command in (info, convert, tissue, tiles, train, predict):
     main.add_command(command)
 
 __all__ = ["main"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 from rich.console import Console
@@ -21,6 +21,10 @@ from wsi_ai.cli.common import (
 )
 from wsi_ai.errors import InvalidInputError
 from wsi_ai.outputs import check_output
+
+if TYPE_CHECKING:
+    from wsi_ai.export.ome_zarr import NgffVersion
+    from wsi_ai.tiling.grid import EdgeMode
 
 SLIDES = click.argument("slides", nargs=-1, required=True, type=click.Path(path_type=Path))
 SLIDE = click.argument("slide", type=click.Path(path_type=Path))
@@ -151,7 +155,7 @@ def convert(
             convert_slide(
                 s,
                 out,
-                ngff=ngff,
+                ngff=cast("NgffVersion", ngff),
                 include_associated=include_associated,
                 overwrite=overwrite,
                 chunk=chunk,
@@ -344,8 +348,8 @@ def tiles(
                 overlap=overlap,
                 tissue=mask,
                 min_tissue=min_tissue,
-                edge=edge,
-            )  # type: ignore[arg-type]
+                edge=cast("EdgeMode", edge),
+            )
             if len(patches) == 0:
                 raise InvalidInputError(
                     f"no patch has at least {min_tissue:.0%} tissue; lower --min-tissue, "

@@ -1,0 +1,137 @@
+"""``wsi-ai predict``: a trained run folder applied to features stores.
+
+For each ``<slide>.zarr`` it writes
+
+- ``OUT/<slide>.patch_scores.csv``: the patch table the stitcher reads: level-0 ``x, y,
+  width, height``, one column per class with the patch's probability (softmax of the
+  aggregator's per-patch logits, uncalibrated) and ``attention`` (sums to 1 over the slide);
+- ``OUT/<slide>.json``: the slide's predicted ``class``, its ``probability`` (softmax of the
+  slide logits), the ``confidence`` (the same probability after temperature scaling),
+  both probability vectors, the temperature and the model's sha256.
+
+The CSV is written first and the JSON last, each atomically, so a JSON means a finished slide.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from wsi_ai import __version__
+from wsi_ai.errors import InvalidInputError, ModelError
+from wsi_ai.outputs import atomic_output, check_output
+from wsi_ai.train.calibrate import calibrated
+from wsi_ai.train.card import CARD_NAME, AggregatorCard, read_card, sha256_file
+from wsi_ai.train.data import SlideBag, load_bag
+from wsi_ai.train.loop import resolve_device, run_bag
+from wsi_ai.train.metrics import softmax
+
+
+@dataclass(frozen=True)
+class TrainedAggregator:
+    """A run folder loaded for prediction."""
+
+    rundir: Path
+    card: AggregatorCard
+    model: nn.Module
+    device: torch.device
+
+
+def load_run(rundir: Path, device: str = "auto") -> TrainedAggregator:
+    """Load ``aggregator.toml`` and its weights, checked against the card's sha256."""
+    card = read_card(rundir / CARD_NAME)
+    weights = rundir / card.weights
+    if not weights.is_file():
+        raise ModelError(f"weights {card.weights} named by the card are missing", rundir)
+    if card.sha256 and sha256_file(weights) != card.sha256:
+        raise ModelError("weights do not match the card's sha256; retrain or restore them", weights)
+    model = card.build()
+    try:
+        model.load_state_dict(load_file(str(weights)))
+    except (RuntimeError, OSError, ValueError) as err:
+        raise ModelError(
+            f"weights do not fit the card's {card.aggregator}: {err}", weights
+        ) from err
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    return TrainedAggregator(rundir, card, model, dev)
+
+
+def check_compatible(
+    run: TrainedAggregator, bag: SlideBag, ident: dict[str, str], path: Path
+) -> None:
+    """The features must come from the embedding model the aggregator was trained on."""
+    if bag.embeddings.shape[1] != run.card.in_dim:
+        raise InvalidInputError(
+            f"embeddings are {bag.embeddings.shape[1]}-d, the model expects {run.card.in_dim}-d; "
+            "embed with the model the aggregator was trained on",
+            path,
+        )
+    trained = run.card.features_model
+    for key in ("name", "sha256"):
+        if key in trained and key in ident and trained[key] != ident[key]:
+            raise InvalidInputError(
+                f"features made by embedding model {key} {ident[key]!r}, "
+                f"the aggregator was trained on {trained[key]!r}",
+                path,
+            )
+
+
+def predict_bag(run: TrainedAggregator, bag: SlideBag) -> tuple[dict[str, Any], pd.DataFrame]:
+    """The slide's prediction record and its patch-score table."""
+    out = run_bag(run.model, bag, run.device)
+    logits = out.logits.double().numpy()[None]
+    prob, cal = softmax(logits)[0], calibrated(logits, run.card.temperature)[0]
+    top = int(prob.argmax())
+    classes = run.card.classes
+    record = {
+        "slide": bag.name,
+        "class": classes[top],
+        "probability": float(prob[top]),
+        "confidence": float(cal[top]),
+        "probabilities": {c: float(p) for c, p in zip(classes, prob, strict=True)},
+        "calibrated_probabilities": {c: float(p) for c, p in zip(classes, cal, strict=True)},
+        "logits": [float(v) for v in logits[0]],
+        "temperature": run.card.temperature,
+        "n_patches": int(bag.embeddings.shape[0]),
+        "model": {
+            "run": run.rundir.name,
+            "aggregator": run.card.aggregator,
+            "sha256": run.card.sha256,
+        },
+        "features_model": dict(run.card.features_model),
+        "wsi_ai_version": __version__,
+    }
+    table = pd.DataFrame(bag.coords, columns=["x", "y", "width", "height"])
+    patch_prob = softmax(out.patch_logits.double().numpy())
+    for c, name in enumerate(classes):
+        table[name] = patch_prob[:, c].astype(np.float32)
+    table["attention"] = out.attention.numpy().astype(np.float32)
+    return record, table
+
+
+def predict_store(
+    run: TrainedAggregator, store: Path, out_dir: Path, overwrite: bool = False
+) -> dict[str, Any]:
+    """Predict one features store and write its two outputs into ``out_dir``."""
+    name = store.name.removesuffix(".zarr")
+    json_path = out_dir / f"{name}.json"
+    csv_path = out_dir / f"{name}.patch_scores.csv"
+    check_output(json_path, overwrite)
+    check_output(csv_path, overwrite)
+    bag, ident = load_bag(store)
+    check_compatible(run, bag, ident, store)
+    record, table = predict_bag(run, bag)
+    with atomic_output(csv_path, overwrite) as tmp:
+        table.to_csv(tmp, index=False)
+    with atomic_output(json_path, overwrite) as tmp:
+        tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return record
