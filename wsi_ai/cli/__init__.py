@@ -6,6 +6,7 @@ import click
 
 from wsi_ai import __version__
 from wsi_ai.cli.common import setup_logging
+from wsi_ai.cli.model_cmds import models
 from wsi_ai.cli.slide_cmds import convert, info, tiles, tissue
 from wsi_ai.cli.train_cmds import predict, train
 
@@ -30,7 +31,7 @@ def main(verbose: bool, debug: bool) -> None:
     setup_logging(verbose)
 
 
-for command in (info, convert, tissue, tiles, train, predict):
+for command in (info, convert, tissue, tiles, models, train, predict):
     main.add_command(command)
 
 __all__ = ["main"]

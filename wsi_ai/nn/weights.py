@@ -1,0 +1,271 @@
+"""Local weights files: checked, read, mapped to timm's layout, compared, loaded.
+
+Nothing here downloads. A file is read with ``safetensors`` or
+``torch.load(weights_only=True)`` (so no pickled code runs), checked against a sha256
+when one is known, unwrapped from common checkpoint wrappers, renamed from the
+publisher's layout to timm's (``key_mapping``), and compared key by key and shape by
+shape with the model before anything is copied. Any difference is a
+:class:`~wsi_ai.errors.ModelError` with a readable report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from wsi_ai.errors import ModelError
+from wsi_ai.nn.cards import ModelCard
+
+log = logging.getLogger(__name__)
+
+StateDict = dict[str, torch.Tensor]
+_WRAPPERS = ("state_dict", "model")
+_SHOWN = 5  # keys listed per kind in an error message
+
+
+def file_sha256(path: Path, chunk: int = 1 << 24) -> str:
+    """sha256 of a file, read in 16 MiB pieces (weights files are GBs)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sniff_format(path: Path) -> str:
+    """``safetensors`` or ``torch``, from the file's first bytes (not its suffix)."""
+    with path.open("rb") as f:
+        head = f.read(9)
+    if len(head) == 9 and head[8:9] == b"{":  # 8-byte header length, then JSON
+        return "safetensors"
+    return "torch"
+
+
+def read_state_dict(path: Path) -> tuple[StateDict, str]:
+    """Tensors of a weights file and the format they were read as."""
+    fmt = sniff_format(path)
+    try:
+        if fmt == "safetensors":
+            from safetensors.torch import load_file
+
+            return dict(load_file(str(path), device="cpu")), fmt
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ModelError(
+            f"cannot read weights as {fmt} ({type(err).__name__}: {err}); "
+            "expected a safetensors file or a torch state dict saved with torch.save",
+            path,
+        ) from err
+    return unwrap(obj, path), fmt
+
+
+def unwrap(obj: Any, path: Path | None = None) -> StateDict:
+    """The tensor dict inside common wrappers (``state_dict``/``model`` keys, ``module.``)."""
+    while isinstance(obj, Mapping):
+        inner = [k for k in _WRAPPERS if isinstance(obj.get(k), Mapping)]
+        if not inner:
+            break
+        obj = obj[inner[0]]
+    if not isinstance(obj, Mapping):
+        raise ModelError(f"weights file holds a {type(obj).__name__}, not a state dict", path)
+    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ModelError("weights file holds no tensors", path)
+    for prefix in ("module.", "_orig_mod."):
+        if all(k.startswith(prefix) for k in tensors):
+            tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
+    return tensors
+
+
+_HF_LAYER = re.compile(r"^encoder\.layer\.(\d+)\.(.+)$")
+_HF_LAYER_PARTS = {
+    "norm1.weight": "norm1.weight",
+    "norm1.bias": "norm1.bias",
+    "norm2.weight": "norm2.weight",
+    "norm2.bias": "norm2.bias",
+    "attention.output.dense.weight": "attn.proj.weight",
+    "attention.output.dense.bias": "attn.proj.bias",
+    "layer_scale1.lambda1": "ls1.gamma",
+    "layer_scale2.lambda1": "ls2.gamma",
+    "mlp.fc1.weight": "mlp.fc1.weight",
+    "mlp.fc1.bias": "mlp.fc1.bias",
+    "mlp.fc2.weight": "mlp.fc2.weight",
+    "mlp.fc2.bias": "mlp.fc2.bias",
+}
+_HF_TOP = {
+    "embeddings.cls_token": "cls_token",
+    "embeddings.position_embeddings": "pos_embed",
+    "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
+    "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
+    "layernorm.weight": "norm.weight",
+    "layernorm.bias": "norm.bias",
+}
+_HF_IGNORED = ("embeddings.mask_token",)  # used in pretraining only
+
+
+def hf_dinov2_to_timm(state: StateDict) -> StateDict:
+    """Rename a Hugging Face ``Dinov2Model`` state dict to timm's ``VisionTransformer``.
+
+    Query, key and value projections are concatenated (in that order) into timm's fused
+    ``qkv``. Keys that match no rule are kept as they are, so the comparison reports them.
+    """
+    if all(k.startswith("dinov2.") for k in state):
+        state = {k[len("dinov2.") :]: v for k, v in state.items()}
+    out: StateDict = {}
+    qkv: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        if key in _HF_IGNORED:
+            continue
+        if key in _HF_TOP:
+            out[_HF_TOP[key]] = value
+            continue
+        match = _HF_LAYER.match(key)
+        if match is None:
+            out[key] = value
+            continue
+        index, rest = int(match.group(1)), match.group(2)
+        parts = rest.split(".")
+        if rest.startswith("attention.attention.") and len(parts) == 4:
+            qkv.setdefault((index, parts[3]), {})[parts[2]] = value
+        elif rest in _HF_LAYER_PARTS:
+            out[f"blocks.{index}.{_HF_LAYER_PARTS[rest]}"] = value
+        else:
+            out[key] = value
+    for (index, kind), pieces in sorted(qkv.items()):
+        if set(pieces) == {"query", "key", "value"}:
+            fused = [pieces["query"], pieces["key"], pieces["value"]]
+            out[f"blocks.{index}.attn.qkv.{kind}"] = torch.cat(fused, dim=0)
+        else:  # incomplete: leave the pieces under their own names for the report
+            for name, value in pieces.items():
+                out[f"encoder.layer.{index}.attention.attention.{name}.{kind}"] = value
+    return out
+
+
+def map_keys(state: StateDict, key_mapping: str) -> StateDict:
+    """Apply a card's ``key_mapping`` (``timm``: unchanged, ``hf_dinov2``: renamed)."""
+    if key_mapping == "hf_dinov2":
+        return hf_dinov2_to_timm(state)
+    return state
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """How a weights file compares with a model: what is missing, extra or misshapen."""
+
+    path: Path | None
+    format: str
+    n_tensors: int
+    missing: tuple[str, ...] = ()
+    unexpected: tuple[str, ...] = ()
+    mismatched: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...] = ()
+    sha256: str | None = None  # set when the file was checked against one
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def summary(self) -> str:
+        """One line: counts, and up to five keys of each kind."""
+        if self.ok:
+            return f"{self.n_tensors} tensors, all keys and shapes match"
+
+        def listing(keys: list[str]) -> str:
+            more = f", ... {len(keys) - _SHOWN} more" if len(keys) > _SHOWN else ""
+            return ", ".join(keys[:_SHOWN]) + more
+
+        def dims(shape: tuple[int, ...]) -> str:
+            return "x".join(map(str, shape)) or "scalar"
+
+        parts = []
+        if self.missing:
+            parts.append(f"{len(self.missing)} missing ({listing(list(self.missing))})")
+        if self.unexpected:
+            parts.append(f"{len(self.unexpected)} unexpected ({listing(list(self.unexpected))})")
+        if self.mismatched:
+            shown = [f"{k}: file {dims(f)} vs model {dims(m)}" for k, f, m in self.mismatched]
+            parts.append(f"{len(self.mismatched)} shape mismatch ({listing(shown)})")
+        return "; ".join(parts)
+
+
+def compare_state_dict(
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    path: Path | None = None,
+    fmt: str = "",
+) -> LoadReport:
+    """Compare keys and shapes of ``state`` with ``model`` (works on the meta device)."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    mismatched = tuple(
+        (k, got[k], expected[k]) for k in sorted(set(got) & set(expected)) if got[k] != expected[k]
+    )
+    return LoadReport(
+        path=path,
+        format=fmt,
+        n_tensors=len(got),
+        missing=tuple(sorted(set(expected) - set(got))),
+        unexpected=tuple(sorted(set(got) - set(expected))),
+        mismatched=mismatched,
+    )
+
+
+def verify_sha256(path: Path, expected: str, card: ModelCard | None = None) -> str:
+    """Raise :class:`ModelError` unless the file's sha256 is ``expected``."""
+    actual = file_sha256(path)
+    if actual != expected.lower():
+        source = f"card {card.name!r}" if card is not None else "the given sha256"
+        raise ModelError(
+            f"sha256 mismatch: the file has {actual}, {source} expects {expected.lower()}; "
+            "the file is damaged or not the expected release: download it again or fix the sha256",
+            path,
+        )
+    return actual
+
+
+def load_weights(
+    model: nn.Module, card: ModelCard, path: str | Path, sha256: str | None = None
+) -> LoadReport:
+    """Check, read, map and load a local weights file into ``model`` (strict).
+
+    ``sha256`` (else the card's) is verified first when given. A model on the meta
+    device takes the file's tensors in place (no copy); otherwise they are copied in.
+    Tensors are cast to the model's dtype. Raises :class:`ModelError` naming the file
+    and what differs.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ModelError(
+            f"weights file for card {card.name!r} not found; download it from the publisher "
+            f"({card.source or 'see the card'}) and pass its path",
+            path,
+        )
+    expected_sha = sha256 or card.sha256
+    checked = verify_sha256(path, expected_sha, card) if expected_sha else None
+    raw, fmt = read_state_dict(path)
+    if fmt != card.weights_format:
+        log.info("%s: read as %s (card %s says %s)", path, fmt, card.name, card.weights_format)
+    state = map_keys(raw, card.key_mapping)
+    report = compare_state_dict(model, state, path, fmt)
+    if not report.ok:
+        raise ModelError(
+            f"weights do not match card {card.name!r} ({card.architecture}, "
+            f"key_mapping {card.key_mapping}): {report.summary()}; check that the file is "
+            "this card's model and that the card's kwargs are right",
+            path,
+        )
+    targets = model.state_dict()
+    on_meta = any(t.is_meta for t in targets.values())
+    cast = {k: v.to(targets[k].dtype) if v.is_floating_point() else v for k, v in state.items()}
+    model.load_state_dict(cast, strict=True, assign=on_meta)
+    return LoadReport(path=path, format=fmt, n_tensors=report.n_tensors, sha256=checked)
