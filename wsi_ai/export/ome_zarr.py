@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import shutil
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -42,7 +40,7 @@ from dask.callbacks import Callback
 from zarr.codecs import BloscCodec
 
 from wsi_ai import __version__
-from wsi_ai.errors import OutputExistsError
+from wsi_ai.outputs import atomic_output
 
 if TYPE_CHECKING:
     from wsi_ai.slide.slide import Slide
@@ -113,7 +111,7 @@ def write_ome_zarr(
     fmt: Literal[2, 3] = 2 if ngff == "0.4" else 3
     compressor = compressor if compressor is not None else default_compressor(ngff, dtype)
 
-    with staged_output(out, overwrite) as tmp, _scheduler(scheduler, num_workers) as run:
+    with atomic_output(out, overwrite) as tmp, _scheduler(scheduler, num_workers) as run:
         root = zarr.open_group(tmp, mode="w", zarr_format=fmt)
         targets = [
             _create_array(root, str(i), shape, dtype, chunk, compressor, fill_value, ngff)
@@ -216,25 +214,6 @@ def default_compressor(ngff: NgffVersion, dtype: np.dtype[Any] | type = np.uint8
     )
 
 
-@contextlib.contextmanager
-def staged_output(out: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a fresh temporary sibling of ``out``; rename it to ``out`` on success.
-
-    On any failure the temporary directory is removed and ``out`` is left as it was.
-    An existing ``out`` raises :class:`OutputExistsError` unless ``overwrite``.
-    """
-    _check_output(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.tmp-{uuid.uuid4().hex[:12]}")
-    try:
-        yield tmp
-        _check_output(out, overwrite)
-        _move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def _slide_mpp(slide: Slide, mpp: float | tuple[float, float] | None) -> tuple[float, float]:
     """Level-0 (x, y) µm/px: the argument, else the slide's, else MissingMppError."""
     if mpp is None:
@@ -246,26 +225,6 @@ def _slide_mpp(slide: Slide, mpp: float | tuple[float, float] | None) -> tuple[f
     if not all(math.isfinite(v) and v > 0 for v in pair):
         raise ValueError(f"mpp must be positive µm per pixel, got {mpp!r}")
     return float(pair[0]), float(pair[1])
-
-
-# -- staging -----------------------------------------------------------------------------
-def _check_output(out: Path, overwrite: bool) -> None:
-    if os.path.lexists(out) and not overwrite:
-        raise OutputExistsError("output exists; pass --overwrite to replace it", out)
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    if not os.path.lexists(out):
-        os.rename(tmp, out)
-        return
-    if out.is_dir() and not out.is_symlink():
-        old = out.with_name(f"{out.name}.old-{uuid.uuid4().hex[:12]}")
-        os.rename(out, old)
-        os.rename(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        out.unlink()
-        os.rename(tmp, out)
 
 
 # -- levels ------------------------------------------------------------------------------
