@@ -126,3 +126,52 @@ def test_usage_errors_exit_2(cmu_small: Path) -> None:
     assert code == 2
     code, _, _ = run("tiles", cmu_small, "-o", "x.csv", "--mpp", "-1")
     assert code == 2
+
+
+def test_tissue_writes_qupath_geojson_and_mask(cmu_small: Path, tmp_path: Path) -> None:
+    out, mask = tmp_path / "tissue.geojson", tmp_path / "mask.png"
+    code, stdout, err = run("tissue", cmu_small, "-o", out, "--mask", mask, "--json")
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert summary["regions"] >= 1 and 0.2 < summary["tissue_fraction"] < 0.8
+    doc = json.loads(out.read_text())
+    assert doc["type"] == "FeatureCollection"
+    feature = doc["features"][0]
+    assert feature["properties"]["classification"]["name"] == "Tissue"
+    assert "color" in feature["properties"]["classification"]
+    assert doc["wsi_ai"]["slide"] == "CMU-1-Small-Region.svs"
+    assert mask.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the autouse fixture in conftest validates tissue.geojson against QuPath's rules
+
+
+def test_tiles_with_tissue_and_preview(cmu_small: Path, tmp_path: Path) -> None:
+    out, preview = tmp_path / "grid.csv", tmp_path / "grid.png"
+    code, _, err = run(
+        "tiles", cmu_small, "--mpp", "0.5", "--size", "224", "-o", out, "--preview", preview
+    )
+    assert code == 0, err
+    table = pd.read_csv(out)
+    assert len(table) > 20 and (table["tissue_fraction"] >= 0.5).all()
+    assert preview.stat().st_size > 1000
+
+
+def test_tiles_empty_grid_is_an_error(cmu_small: Path, tmp_path: Path) -> None:
+    code, _, err = run(
+        "tiles", cmu_small, "--size", "2000", "--min-tissue", "1.0", "-o", tmp_path / "g.csv"
+    )
+    assert code == 1
+    assert_one_line_error(err, "CMU-1-Small-Region.svs", "--min-tissue")
+    assert not (tmp_path / "g.csv").exists()
+
+
+def test_convert_cli_writes_a_valid_store(cmu_small: Path, tmp_path: Path) -> None:
+    from tests.test_ome_zarr import validate  # the ome-zarr-models check
+
+    out = tmp_path / "cmu.ome.zarr"
+    code, stdout, err = run("convert", cmu_small, "-o", out)
+    assert code == 0, err
+    assert "wrote" in stdout
+    validate(out, "0.4")
+    code, _, err = run("convert", cmu_small, "-o", out)
+    assert code == 1
+    assert_one_line_error(err, "cmu.ome.zarr", "--overwrite")
