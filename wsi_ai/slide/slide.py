@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 
 # Relative tolerance when comparing a level's MPP with a target MPP.
 MPP_RTOL = 1e-3
-# Rows read at once when a whole level has to be downscaled (bounded memory).
-BAND_ROWS = 2048
+# Pixels read at once when a whole level has to be downscaled (bounded memory: 64 MiB RGBA).
+BAND_PIXELS = 2**24
 
 
 def open_slide(
@@ -187,7 +187,7 @@ class Slide:
             return self.read_region((0, 0), level, (width, height))
         ds = self.levels[level].downsample
         bands = []
-        band = max(BAND_ROWS, math.ceil(1 / factor))
+        band = max(BAND_PIXELS // width, math.ceil(1 / factor), 1)
         for top in range(0, height, band):
             rows = min(band, height - top)
             pixels = self.read_region((0, round(top * ds)), level, (width, rows))
