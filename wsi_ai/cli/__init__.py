@@ -8,6 +8,7 @@ from wsi_ai import __version__
 from wsi_ai.cli.common import setup_logging
 from wsi_ai.cli.model_cmds import models
 from wsi_ai.cli.slide_cmds import convert, info, tiles, tissue
+from wsi_ai.cli.stitch_cmds import annotations_group, score_he, stitch
 from wsi_ai.cli.train_cmds import predict, train
 
 
@@ -31,7 +32,18 @@ def main(verbose: bool, debug: bool) -> None:
     setup_logging(verbose)
 
 
-for command in (info, convert, tissue, tiles, models, train, predict):
+for command in (
+    info,
+    convert,
+    tissue,
+    tiles,
+    score_he,
+    stitch,
+    annotations_group,
+    models,
+    train,
+    predict,
+):
     main.add_command(command)
 
 __all__ = ["main"]

@@ -1,0 +1,220 @@
+"""Patch scores of one slide -> heatmap -> every file a pathologist opens (``wsi-ai stitch``).
+
+:func:`load_scores` reads a patch table (``x, y, width, height`` in level-0 px plus score
+columns; CSV, Parquet or Zarr) or a per-slide features store; :func:`score_columns` picks the
+columns; :func:`write_maps` stitches them (:func:`wsi_ai.stitch.stitch`) and writes, into one
+folder:
+
+* ``heatmap.png``: the first column not in ``ignore_classes``, colormapped at thumbnail size,
+  transparent where no patch;
+* ``overlay.png``: the same over the slide thumbnail, with a colorbar;
+* ``regions.geojson``: QuPath annotations from a threshold (one column) or the per-class argmax
+  (several), with ``"Area µm^2"``, ``"Mean score"`` and ``"Max score"``;
+* ``heatmap.ome.zarr``: every column, in the slide's µm coordinates;
+* ``tiles.geojson`` (optional): one QuPath tile per patch with the scores as measurements.
+
+Every GeoJSON and the OME-Zarr carry the provenance: package version, parameters, the slide's
+file name and size, and the scores file's name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from wsi_ai import __version__
+from wsi_ai.engine.features import read_features
+from wsi_ai.errors import InvalidInputError
+from wsi_ai.export.geojson import write_geojson
+from wsi_ai.export.heatmap import (
+    colorize,
+    overlay,
+    resample_to_thumbnail,
+    value_range,
+    write_heatmap_ome_zarr,
+)
+from wsi_ai.export.regions import (
+    argmax_regions,
+    otsu_threshold,
+    threshold_regions,
+    tile_annotations,
+)
+from wsi_ai.slide import Slide
+from wsi_ai.stitch.canvas import stitch
+from wsi_ai.tiling import read_table
+from wsi_ai.tiling.preview import save_png
+
+RESERVED = ("x", "y", "width", "height", "level", "tissue_fraction")
+FILE_NAMES = {
+    "heatmap": "heatmap.png",
+    "overlay": "overlay.png",
+    "regions": "regions.geojson",
+    "ome_zarr": "heatmap.ome.zarr",
+    "tiles": "tiles.geojson",
+}
+
+
+@dataclass(frozen=True)
+class MapOptions:
+    """How scores become maps and regions (what ``wsi-ai stitch``'s flags set)."""
+
+    downsample: float | None = None  # level-0 px per canvas px; None: median patch width / 4
+    blend: Literal["mean", "max", "gaussian"] = "mean"
+    threshold: float | None = None  # one column: region threshold; None: Otsu on the scores
+    min_score: float | None = None  # several columns: the argmax class must reach this
+    ignore_classes: tuple[str, ...] = ()  # several columns: classes that give no region
+    min_area_um2: float = 0.0  # smaller regions are dropped and smaller holes filled
+    merge: bool = False  # one MultiPolygon annotation per class
+    tiles: bool = False  # also write tiles.geojson
+    gzip: bool = False  # GeoJSON as .geojson.gz
+    ngff: Literal["0.4", "0.5"] = "0.4"
+    thumbnail_size: int = 1024
+    alpha: float = 0.5
+    cmap: str = "viridis"
+
+
+def output_paths(out_dir: Path, options: MapOptions) -> dict[str, Path]:
+    """Where :func:`write_maps` writes each output inside ``out_dir``."""
+    paths = {key: out_dir / name for key, name in FILE_NAMES.items()}
+    if options.gzip:
+        paths = {
+            k: p.with_name(p.name + ".gz") if p.suffix == ".geojson" else p
+            for k, p in paths.items()
+        }
+    if not options.tiles:
+        del paths["tiles"]
+    return paths
+
+
+def load_scores(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A patch table with score columns: CSV, Parquet or Zarr table, or a features store."""
+    if path.is_dir() and (path / "coords").is_dir():
+        features = read_features(path, with_embeddings=False)
+        return features.table(), dict(features.attrs)
+    return read_table(path)
+
+
+def score_columns(table: pd.DataFrame, wanted: tuple[str, ...], source: Path) -> list[str]:
+    """The columns to stitch: ``wanted``, or every numeric column that is not geometry."""
+    numeric = [str(c) for c in table.columns if pd.api.types.is_numeric_dtype(table[c])]
+    # "Unnamed: 0" is a CSV written with its pandas index: not a score
+    available = [c for c in numeric if c not in RESERVED and not c.startswith("Unnamed: ")]
+    if wanted:
+        missing = [c for c in wanted if c not in table.columns]
+        if missing:
+            raise InvalidInputError(
+                f"the table has no column {', '.join(map(repr, missing))}; its score columns "
+                f"are: {', '.join(available) or 'none'}",
+                source,
+            )
+        bad = [c for c in wanted if c not in numeric]
+        if bad:
+            raise InvalidInputError(f"column(s) {', '.join(bad)} are not numeric", source)
+        return list(wanted)
+    if not available:
+        raise InvalidInputError(
+            "the table has no score column besides x, y, width, height, level, "
+            "tissue_fraction; run `wsi-ai score-he` or a model first",
+            source,
+        )
+    return available
+
+
+def provenance(slide_path: Path, params: dict[str, Any]) -> dict[str, Any]:
+    """The FeatureCollection/OME-Zarr provenance member of a slide's outputs."""
+    return {
+        "wsi_ai_version": __version__,
+        "slide": slide_path.name,
+        "slide_size_bytes": slide_path.stat().st_size,
+        "parameters": params,
+    }
+
+
+def write_maps(
+    slide: Slide,
+    table: pd.DataFrame,
+    columns: list[str],
+    paths: dict[str, Path],
+    options: MapOptions,
+    *,
+    source: Path | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Stitch ``table[columns]`` on ``slide`` and write every output in ``paths``.
+
+    ``paths`` comes from :func:`output_paths`. Rows must have finite scores. The slide needs
+    an MPP (areas in µm², the OME-Zarr in µm). Returns a JSON-able summary, with
+    ``repaired``/``dropped`` counts of the regions GeoJSON writer.
+    """
+    slide.require_mpp()
+    assert slide.mpp is not None
+    mpp = (slide.mpp.x, slide.mpp.y)
+    x, y, w, h = (table[c].to_numpy(np.float64) for c in ("x", "y", "width", "height"))
+    values = table[columns].to_numpy(np.float32)
+    ds = options.downsample or max(1.0, float(np.median(w)) / 4)
+    heatmap = stitch(
+        x, y, w, h, values, slide_size=slide.dimensions, downsample=ds, blend=options.blend
+    )
+    shown = next((i for i, c in enumerate(columns) if c not in options.ignore_classes), 0)
+    vmin, vmax = value_range(values[:, shown])
+    params: dict[str, Any] = asdict(options) | {
+        "scores": None if source is None else source.name,
+        "columns": columns,
+        "downsample": ds,
+        "vmin": vmin,
+        "vmax": vmax,
+    }
+    kwargs: dict[str, Any] = {"min_area_um2": options.min_area_um2, "merge": options.merge}
+    if len(columns) == 1:
+        threshold = options.threshold
+        if threshold is None:
+            threshold = otsu_threshold(values[:, 0])
+        params["threshold"] = threshold
+        regions = threshold_regions(
+            heatmap, threshold=threshold, mpp=mpp, classification=columns[0], **kwargs
+        )
+    else:
+        kwargs.update(ignore=options.ignore_classes, min_score=options.min_score)
+        regions = argmax_regions(heatmap, columns, mpp=mpp, **kwargs)
+    record = provenance(slide.path, params)
+    report = write_geojson(paths["regions"], regions, provenance=record, overwrite=overwrite)
+    if "tiles" in paths:
+        tiles = tile_annotations(table, columns)
+        write_geojson(paths["tiles"], tiles, provenance=record, overwrite=overwrite)
+    thumb = slide.thumbnail(options.thumbnail_size)
+    picture = resample_to_thumbnail(heatmap, thumb.shape[:2], channel=shown)
+    save_png(colorize(picture, vmin, vmax, options.cmap), paths["heatmap"], overwrite=overwrite)
+    blended = overlay(
+        thumb, picture, vmin, vmax, alpha=options.alpha, cmap=options.cmap, label=columns[shown]
+    )
+    save_png(blended, paths["overlay"], overwrite=overwrite)
+    write_heatmap_ome_zarr(
+        heatmap,
+        paths["ome_zarr"],
+        slide_mpp=mpp,
+        channel_names=columns,
+        name=f"{slide.path.name} heatmap",
+        ngff=options.ngff,
+        window=(vmin, vmax) if len(columns) == 1 else None,  # None: range of all channels
+        provenance=record,
+        overwrite=overwrite,
+    )
+    return {
+        "slide": str(slide.path),
+        "scores": None if source is None else str(source),
+        "outputs": {k: str(v) for k, v in paths.items()},
+        "patches": len(table),
+        "columns": columns,
+        "canvas": list(heatmap.shape),
+        "downsample": ds,
+        "regions": report.written,
+        "repaired": report.repaired,
+        "dropped": report.dropped,
+        "threshold": params.get("threshold"),
+        "vmin": vmin,
+        "vmax": vmax,
+    }
