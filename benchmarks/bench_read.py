@@ -58,22 +58,33 @@ def bench_slide(path: Path, threads: int, patches: int, order: str) -> float:
         n = len(xs)
         level, size = g.spec.level, g.spec.read_size
         ds = slide.levels[level].downsample
-        osr = openslide.OpenSlide(str(path))
-        arr = slide.as_zarr()[str(level)]
 
-        def plain(i: int) -> object:
-            return osr.read_region((int(xs[i]), int(ys[i])), level, (size, size))
+        def timed_plain() -> float:
+            # A fresh handle each run: OpenSlide's tile cache starts cold, like ours below.
+            osr = openslide.OpenSlide(str(path))
+            try:
+                return _rate(
+                    lambda i: osr.read_region((int(xs[i]), int(ys[i])), level, (size, size)),
+                    n,
+                    threads,
+                )
+            finally:
+                osr.close()
 
-        def lazy(i: int) -> object:
-            lx, ly = round(xs[i] / ds), round(ys[i] / ds)
-            return arr[ly : ly + size, lx : lx + size]
+        def timed_lazy() -> float:
+            arr = slide.as_zarr()[str(level)]  # a fresh store: its chunk cache starts cold
 
-        # Warm up both (file cache, JIT-free but lazy imports), then alternate twice.
-        _rate(plain, min(n, 200), threads)
-        _rate(lazy, min(n, 200), threads)
-        ref = max(_rate(plain, n, threads), _rate(plain, n, threads))
-        ours = max(_rate(lazy, n, threads), _rate(lazy, n, threads))
-        osr.close()
+            def lazy(i: int) -> object:
+                lx, ly = round(xs[i] / ds), round(ys[i] / ds)
+                return arr[ly : ly + size, lx : lx + size]
+
+            return _rate(lazy, n, threads)
+
+        # Warm the page cache once, then alternate the two readers twice; best of two each.
+        timed_plain()
+        rates = [(timed_plain(), timed_lazy()) for _ in range(2)]
+        ref = max(r[0] for r in rates)
+        ours = max(r[1] for r in rates)
     ratio = ours / ref
     verdict = "meets" if ratio >= 0.85 else "BELOW"
     print(

@@ -23,6 +23,8 @@ def assert_one_line_error(stderr: str, *needles: str) -> None:
     lines = [ln for ln in stderr.splitlines() if ln.startswith("error:")]
     assert lines, stderr
     assert "Traceback" not in stderr
+    noise = [ln for ln in stderr.splitlines() if ln and not ln.startswith(("error:", "warning:"))]
+    assert not noise, stderr
     for needle in needles:
         assert any(needle in ln for ln in lines), (needle, stderr)
 
@@ -175,3 +177,73 @@ def test_convert_cli_writes_a_valid_store(cmu_small: Path, tmp_path: Path) -> No
     code, _, err = run("convert", cmu_small, "-o", out)
     assert code == 1
     assert_one_line_error(err, "cmu.ome.zarr", "--overwrite")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--mpp", "nan"],
+        ["--mpp", "inf"],
+        ["--slide-mpp", "nan"],
+        ["--size", "224", "--overlap", "224"],
+        ["--min-tissue", "nan"],
+    ],
+)
+def test_bad_option_values_are_usage_errors(
+    cmu_small: Path, tmp_path: Path, args: list[str]
+) -> None:
+    code, _, err = run("tiles", cmu_small, "-o", tmp_path / "g.csv", *args)
+    assert code == 2, err
+    assert "Traceback" not in err and "bug" not in err
+
+
+def test_output_in_an_unusable_folder_names_the_output(cmu_small: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    code, _, err = run("tiles", cmu_small, "--no-tissue", "-o", blocker / "g.csv")
+    assert code == 1
+    assert_one_line_error(err, "g.csv")
+    assert "bug" not in err
+    # a second output that cannot be written stops the first from being written at all
+    out = tmp_path / "tissue.geojson"
+    code, _, err = run("tissue", cmu_small, "-o", out, "--mask", blocker / "m.png")
+    assert code == 1 and not out.exists()
+
+
+def test_overwrite_never_deletes_a_foreign_folder(cmu_small: Path, tmp_path: Path) -> None:
+    precious = tmp_path / "precious.zarr"
+    (precious / "sub").mkdir(parents=True)
+    (precious / "sub" / "important.txt").write_text("data")
+    code, _, err = run("convert", cmu_small, "-o", precious, "--overwrite")
+    assert code == 1
+    assert_one_line_error(err, "precious.zarr", "did not write")
+    assert (precious / "sub" / "important.txt").read_text() == "data"
+    code, _, _ = run("convert", cmu_small, "-o", tmp_path / "not-a-store")
+    assert code == 2  # the store must be named *.zarr
+
+
+def test_truncated_striped_tiff_is_one_line(shared, tmp_path: Path) -> None:
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(shared("slides/skin-he-striped.tif").read_bytes()[:2_000_000])
+    code, _, err = run("tiles", cut, "--slide-mpp", "0.5", "-o", tmp_path / "g.csv")
+    assert code == 1
+    assert_one_line_error(err, "cut.tif")
+
+
+def test_unreadable_slide_is_reported_and_the_others_still_run(
+    cmu_small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    locked = tmp_path / "locked.svs"
+    locked.write_bytes(b"x")
+    original = Path.open
+
+    def deny(self: Path, *args, **kwargs):
+        if self.name == "locked.svs":
+            raise PermissionError(13, "Permission denied")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", deny)
+    code, out, err = run("info", locked, cmu_small, "--json")
+    assert code == 1
+    assert_one_line_error(err, "locked.svs", "permissions")
+    assert any(r.get("file") == "CMU-1-Small-Region.svs" for r in json.loads(out))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import numpy as np
@@ -100,13 +101,13 @@ def test_table_round_trip(cmu_small: Path, tmp_path: Path, suffix: str) -> None:
     write_table(g.table, out, meta=g.spec.as_dict())
     table, meta = read_table(out)
     pd.testing.assert_frame_equal(table, g.table, check_dtype=False)
-    if suffix != ".csv":
-        assert meta["mpp"] == 1.0 and meta["level"] == 0
+    assert meta["mpp"] == 1.0 and meta["level"] == 0  # CSV: in grid.csv.json
     with pytest.raises(OutputExistsError, match="--overwrite"):
         write_table(g.table, out)
     write_table(g.table.head(3), out, overwrite=True)
     assert len(read_table(out)[0]) == 3
-    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary left behind
+    expected = {out.name, out.name + ".json"} if suffix == ".csv" else {out.name}
+    assert {p.name for p in tmp_path.iterdir()} == expected  # no temporary left behind
 
 
 def test_table_errors(tmp_path: Path) -> None:
@@ -118,3 +119,15 @@ def test_table_errors(tmp_path: Path) -> None:
         read_table(tmp_path / "grid.xlsx")
     with pytest.raises(InvalidInputError, match="no such table"):
         read_table(tmp_path / "missing.csv")
+
+
+def test_absurd_grids_are_refused_per_slide(cmu_small: Path, monkeypatch) -> None:
+    grid_module = importlib.import_module("wsi_ai.tiling.grid")  # the package exports grid()
+    from wsi_ai.errors import ParameterError
+
+    with open_slide(cmu_small) as slide:
+        with pytest.raises(ParameterError, match="less than one pixel"):
+            grid(slide, mpp=0.001, size=1)
+        monkeypatch.setattr(grid_module, "MAX_PATCHES", 1000)
+        with pytest.raises(ParameterError, match="more than 1,000"):
+            grid(slide, mpp=0.5, size=32)

@@ -214,9 +214,15 @@ def test_existing_output_needs_overwrite(cmu_small: Path, tmp_path: Path) -> Non
         assert str(out) in str(info.value)
         assert (out / "keep.txt").read_text() == "mine"
         assert siblings(out) == [out.name]
-        convert_slide(slide, out, overwrite=True, min_size=None)
+        # --overwrite never deletes a folder wsi-ai did not write
+        with pytest.raises(OutputExistsError, match="did not write"):
+            convert_slide(slide, out, overwrite=True, min_size=None)
+        assert (out / "keep.txt").read_text() == "mine"
+        (out / "keep.txt").unlink()
+        out.rmdir()
+        convert_slide(slide, out, min_size=None)
+        convert_slide(slide, out, overwrite=True, min_size=None)  # our own store: replaced
     validate(out, "0.4")
-    assert not (out / "keep.txt").exists()
     assert siblings(out) == [out.name]
 
 
@@ -241,6 +247,7 @@ def test_failure_mid_write_leaves_nothing_half_written(
     out = tmp_path / "out.ome.zarr"
     if existing:
         out.mkdir()
+        (out / "zarr.json").write_text("{}")  # a previous wsi-ai store, which may be replaced
         (out / "keep.txt").write_text("previous result")
     _fail_after(20, monkeypatch)
     with open_slide(cmu_small) as slide, pytest.raises(OSError, match="simulated read failure"):

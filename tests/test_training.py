@@ -186,6 +186,7 @@ def test_train_and_predict_end_to_end(synthetic: tuple[Path, dict], tmp_path: Pa
     assert result.exit_code == 0, result.output
     assert "pooled out-of-fold AUC" in result.output
     assert {p.name for p in rundir.iterdir()} == {
+        ".wsi-ai-output",
         "model.safetensors",
         "aggregator.toml",
         "metrics.json",

@@ -109,3 +109,14 @@ def test_tiled_tiff_levels_are_decoded_natively(cmu_small: Path, shared) -> None
     with open_slide(shared("slides/ndpi-fluorescence-dapi.ndpi")) as slide:
         store = slide.as_zarr().store
         assert isinstance(store, LazySlideStore) and store._native is None  # OpenSlide maps NDPI
+
+
+def test_lazy_pyramid_works_with_process_schedulers(cmu_small: Path) -> None:
+    import pickle
+
+    with open_slide(cmu_small) as slide:
+        arr = slide.as_zarr()["0"]
+        clone = pickle.loads(pickle.dumps(arr))
+        assert np.array_equal(clone[100:150, 200:260], arr[100:150, 200:260])
+        total = da.from_zarr(arr)[:480, :480].sum().compute(scheduler="processes", num_workers=2)
+        assert total == arr[:480, :480].astype(np.int64).sum()

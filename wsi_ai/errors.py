@@ -39,6 +39,14 @@ class OutputExistsError(WsiAiError, FileExistsError):
     """An output exists and ``--overwrite`` was not given."""
 
 
+class OutputError(WsiAiError, OSError):
+    """An output could not be written (folder missing or read-only, disk full)."""
+
+
+class ParameterError(WsiAiError, ValueError):
+    """A parameter does not fit this input (a grid of billions of patches, say)."""
+
+
 class InvalidInputError(WsiAiError, ValueError):
     """An input file (table, annotation, config) is malformed."""
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +31,22 @@ from wsi_ai.errors import WsiAiError
 from wsi_ai.slide import Slide, open_slide
 
 T = TypeVar("T")
+
+
+class FiniteFloat(click.FloatRange):
+    """A float range that also refuses nan and inf (which every comparison lets through)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+POSITIVE = FiniteFloat(min=0, min_open=True)
+FRACTION = FiniteFloat(0, 1)
+# Inputs are checked per input (a missing or unreadable slide is exit 1, not a usage error).
+INPUT_PATH = click.Path(path_type=Path, readable=False)
 F = TypeVar("F", bound=Callable[..., Any])
 
 log = logging.getLogger("wsi_ai")
@@ -47,6 +65,9 @@ def setup_logging(verbose: bool) -> None:
     root.setLevel(logging.INFO if verbose else logging.WARNING)
     # tifffile logs every oddity of a damaged file; our own error says it once.
     logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+    # zarr's event loop reports tasks abandoned by a failed read; our error says it once.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
 
 
 def error_line(message: str) -> None:
@@ -94,7 +115,7 @@ def open_for_cli(path: Path, slide_mpp: float | None, backend: str = "auto") -> 
 def slide_mpp_option(func: F) -> F:
     return click.option(
         "--slide-mpp",
-        type=click.FloatRange(min=0, min_open=True),
+        type=POSITIVE,
         default=None,
         help="The slide's own level-0 µm/px, for files that lack it (wins over the metadata).",
     )(func)

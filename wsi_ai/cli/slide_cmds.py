@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import click
+from click.core import ParameterSource
 from rich.console import Console
 from rich.table import Table
 
 from wsi_ai import __version__
 from wsi_ai.cli.common import (
+    FRACTION,
+    INPUT_PATH,
+    POSITIVE,
     echo_json,
     json_option,
     open_for_cli,
@@ -20,14 +25,16 @@ from wsi_ai.cli.common import (
     slide_mpp_option,
 )
 from wsi_ai.errors import InvalidInputError
-from wsi_ai.outputs import check_output
+from wsi_ai.outputs import prepare_outputs
 
 if TYPE_CHECKING:
     from wsi_ai.export.ome_zarr import NgffVersion
     from wsi_ai.tiling.grid import EdgeMode
 
-SLIDES = click.argument("slides", nargs=-1, required=True, type=click.Path(path_type=Path))
-SLIDE = click.argument("slide", type=click.Path(path_type=Path))
+log = logging.getLogger(__name__)
+
+SLIDES = click.argument("slides", nargs=-1, required=True, type=INPUT_PATH)
+SLIDE = click.argument("slide", type=INPUT_PATH)
 
 
 def _human_size(n: int) -> str:
@@ -114,7 +121,7 @@ def _print_info_table(rows: list[dict[str, Any]]) -> None:
 
 @click.command()
 @SLIDE
-@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="OUT.ome.zarr")
+@click.option("-o", "--out", required=True, type=INPUT_PATH, help="OUT.ome.zarr")
 @click.option(
     "--ngff",
     type=click.Choice(["0.4", "0.5"]),
@@ -149,8 +156,11 @@ def convert(
     """
     from wsi_ai.export.ome_zarr import convert_slide
 
+    if not out.name.lower().endswith(".zarr"):
+        raise click.BadParameter("name the store *.ome.zarr (or *.zarr)", param_hint="-o/--out")
+
     def one(path: Path) -> None:
-        check_output(out, overwrite)
+        prepare_outputs([out], overwrite)
         with open_for_cli(path, slide_mpp) as s, progress_bar("convert") as update:
             convert_slide(
                 s,
@@ -173,19 +183,19 @@ def convert(
     "-o",
     "--out",
     required=True,
-    type=click.Path(path_type=Path),
+    type=INPUT_PATH,
     help="tissue.geojson (QuPath annotations; .geojson.gz also works)",
 )
 @click.option(
     "--mask",
     "mask_png",
-    type=click.Path(path_type=Path),
+    type=INPUT_PATH,
     default=None,
     help="Also write the raster mask as a PNG.",
 )
 @click.option(
     "--target-mpp",
-    type=click.FloatRange(min=0, min_open=True),
+    type=POSITIVE,
     default=8.0,
     show_default=True,
     help="Resolution the mask is computed at (µm/px).",
@@ -212,11 +222,18 @@ def tissue(
     from wsi_ai.tiling.preview import save_png
     from wsi_ai.tissue import detect_tissue
 
+    ctx = click.get_current_context()
+    target_given = ctx.get_parameter_source("target_mpp") is not ParameterSource.DEFAULT
+
     def one(path: Path) -> None:
-        check_output(out, overwrite)
-        if mask_png is not None:
-            check_output(mask_png, overwrite)
+        prepare_outputs([out, mask_png], overwrite)
         with open_for_cli(path, slide_mpp) as s:
+            if s.mpp is None and target_given:
+                log.warning(
+                    "%s: no MPP, so --target-mpp cannot apply; the mask is computed at about "
+                    "2,048 px (pass --slide-mpp to use --target-mpp)",
+                    path.name,
+                )
             found = detect_tissue(s, target_mpp=target_mpp)
             params = {"target_mpp": target_mpp, "level": found.level, "modality": found.modality}
             report = write_geojson(
@@ -258,12 +275,12 @@ def tissue(
     "-o",
     "--out",
     required=True,
-    type=click.Path(path_type=Path),
+    type=INPUT_PATH,
     help="grid.csv, grid.parquet or grid.zarr",
 )
 @click.option(
     "--mpp",
-    type=click.FloatRange(min=0, min_open=True),
+    type=POSITIVE,
     default=0.5,
     show_default=True,
     help="Target resolution of the patches (µm/px).",
@@ -284,7 +301,7 @@ def tissue(
 )
 @click.option(
     "--min-tissue",
-    type=click.FloatRange(0, 1),
+    type=FRACTION,
     default=0.5,
     show_default=True,
     help="Drop patches with a smaller tissue fraction.",
@@ -299,7 +316,7 @@ def tissue(
 )
 @click.option(
     "--preview",
-    type=click.Path(path_type=Path),
+    type=INPUT_PATH,
     default=None,
     help="Draw the grid over the thumbnail into this PNG.",
 )
@@ -333,11 +350,15 @@ def tiles(
     from wsi_ai.tiling.table import table_format
     from wsi_ai.tissue import detect_tissue
 
-    def one(path: Path) -> None:
+    if overlap >= size:
+        raise click.BadParameter(f"must be smaller than --size ({size})", param_hint="--overlap")
+    try:
         table_format(out)
-        check_output(out, overwrite)
-        if preview is not None:
-            check_output(preview, overwrite)
+    except InvalidInputError as err:
+        raise click.BadParameter(err.reason, param_hint="-o/--out") from err
+
+    def one(path: Path) -> None:
+        prepare_outputs([out, preview], overwrite)
         with open_for_cli(path, slide_mpp) as s:
             s.require_mpp()
             mask = None if no_tissue else detect_tissue(s)
@@ -351,11 +372,18 @@ def tiles(
                 edge=cast("EdgeMode", edge),
             )
             if len(patches) == 0:
-                raise InvalidInputError(
-                    f"no patch has at least {min_tissue:.0%} tissue; lower --min-tissue, "
-                    "or pass --no-tissue",
-                    path,
-                )
+                side = round(size * mpp / s.require_mpp())
+                if no_tissue or side > min(s.dimensions):
+                    why = (
+                        f"a {size} px patch at {mpp:g} µm/px is {side} level-0 px, larger than "
+                        f"the slide ({s.dimensions[0]} x {s.dimensions[1]}); lower --size or --mpp"
+                    )
+                else:
+                    why = (
+                        f"no patch has at least {min_tissue:.0%} tissue; lower --min-tissue, "
+                        "or pass --no-tissue"
+                    )
+                raise InvalidInputError(why, path)
             write_table(patches.table, out, meta=patches.spec.as_dict(), overwrite=overwrite)
             if preview is not None:
                 save_png(draw_grid(s, patches), preview, overwrite=overwrite)

@@ -10,6 +10,9 @@ import click
 import numpy as np
 
 from wsi_ai.cli.common import (
+    FRACTION,
+    INPUT_PATH,
+    POSITIVE,
     echo_json,
     json_option,
     open_for_cli,
@@ -29,19 +32,17 @@ def _warn(message: str) -> None:
 
 
 @click.command("score-he")
-@click.argument("slide", type=click.Path(path_type=Path))
-@click.option(
-    "-o", "--out", required=True, type=click.Path(path_type=Path), help="scores.csv/.parquet"
-)
+@click.argument("slide", type=INPUT_PATH)
+@click.option("-o", "--out", required=True, type=INPUT_PATH, help="scores.csv/.parquet")
 @click.option(
     "--patches",
-    type=click.Path(path_type=Path),
+    type=INPUT_PATH,
     default=None,
     help="Score this patch table instead of making a grid.",
 )
 @click.option(
     "--mpp",
-    type=click.FloatRange(min=0, min_open=True),
+    type=POSITIVE,
     default=0.5,
     show_default=True,
     help="Grid: target resolution of the patches (µm/px).",
@@ -54,7 +55,7 @@ def _warn(message: str) -> None:
 )
 @click.option(
     "--min-tissue",
-    type=click.FloatRange(0, 1),
+    type=FRACTION,
     default=0.5,
     show_default=True,
     help="Grid: drop patches with a smaller tissue fraction.",
@@ -62,7 +63,7 @@ def _warn(message: str) -> None:
 @click.option("--no-tissue", is_flag=True, help="Keep every patch; skip tissue detection.")
 @click.option(
     "--read-mpp",
-    type=click.FloatRange(min=0, min_open=True),
+    type=POSITIVE,
     default=None,
     help="Read patches at this coarser µm/px (faster on big slides); default: the grid's.",
 )
@@ -150,9 +151,9 @@ def score_he(
 
 
 @click.command()
-@click.argument("scores", type=click.Path(path_type=Path))
-@click.option("--slide", required=True, type=click.Path(path_type=Path), help="The scored slide.")
-@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="OUTDIR")
+@click.argument("scores", type=INPUT_PATH)
+@click.option("--slide", required=True, type=INPUT_PATH, help="The scored slide.")
+@click.option("-o", "--out", required=True, type=INPUT_PATH, help="OUTDIR")
 @click.option(
     "--column",
     "columns",
@@ -161,7 +162,7 @@ def score_he(
 )
 @click.option(
     "--downsample",
-    type=click.FloatRange(min=0, min_open=True),
+    type=POSITIVE,
     default=None,
     help="Level-0 px per heatmap px [default: a quarter of the median patch width].",
 )
@@ -211,7 +212,7 @@ def score_he(
 )
 @click.option(
     "--alpha",
-    type=click.FloatRange(0, 1),
+    type=FRACTION,
     default=0.5,
     show_default=True,
     help="Opacity of the heatmap in overlay.png.",
@@ -349,13 +350,11 @@ def outside_slide(items: list[Any], size: tuple[int, int]) -> tuple[list[int], l
 
 
 @annotations_group.command("convert")
-@click.argument("source", metavar="IN", type=click.Path(path_type=Path))
-@click.option(
-    "-o", "--out", required=True, type=click.Path(path_type=Path), help="OUT.geojson[.gz] or .xml"
-)
+@click.argument("source", metavar="IN", type=INPUT_PATH)
+@click.option("-o", "--out", required=True, type=INPUT_PATH, help="OUT.geojson[.gz] or .xml")
 @click.option(
     "--slide",
-    type=click.Path(path_type=Path),
+    type=INPUT_PATH,
     default=None,
     help="Report annotations that lie outside this slide.",
 )

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from wsi_ai.cli.common import echo_json, json_option, overwrite_option, run_each
+from wsi_ai.cli.common import INPUT_PATH, echo_json, json_option, overwrite_option, run_each
 from wsi_ai.errors import InvalidInputError
 
 DEVICE = click.option(
@@ -30,13 +30,13 @@ def _fmt(stat: dict[str, Any]) -> str:
 @click.option(
     "--features",
     required=True,
-    type=click.Path(path_type=Path),
+    type=INPUT_PATH,
     help="Folder of <slide>.zarr features stores (from `wsi-ai embed`).",
 )
 @click.option(
     "--labels",
     required=True,
-    type=click.Path(path_type=Path),
+    type=INPUT_PATH,
     help="CSV with columns slide,label[,fold]; slide is the store's stem (extension optional).",
 )
 @click.option(
@@ -108,7 +108,7 @@ def _fmt(stat: dict[str, Any]) -> str:
     "refit on all slides for the median best epoch.",
 )
 @DEVICE
-@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="RUNDIR")
+@click.option("-o", "--out", required=True, type=INPUT_PATH, help="RUNDIR")
 @overwrite_option
 @json_option
 def train(
@@ -195,14 +195,14 @@ def train(
     "--model",
     "rundir",
     required=True,
-    type=click.Path(path_type=Path),
+    type=INPUT_PATH,
     help="RUNDIR written by `wsi-ai train`.",
 )
 @click.option(
     "--features",
     required=True,
     multiple=True,
-    type=click.Path(path_type=Path),
+    type=INPUT_PATH,
     help="A <slide>.zarr features store or a folder of them (repeatable).",
 )
 @DEVICE
@@ -210,7 +210,7 @@ def train(
     "-o",
     "--out",
     required=True,
-    type=click.Path(path_type=Path),
+    type=INPUT_PATH,
     help="Folder for <slide>.json and <slide>.patch_scores.csv.",
 )
 @overwrite_option

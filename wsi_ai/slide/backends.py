@@ -10,6 +10,7 @@ thread-safe; tiffslide gets one handle per thread).
 
 from __future__ import annotations
 
+import math
 import threading
 import warnings
 from collections.abc import Iterator
@@ -122,10 +123,31 @@ class Backend:
         with self._read_errors():
             reader = self._thread_reader()
             if self.name == "tiffslide":
-                raw = reader.read_region((x, y), level, (width, height), as_array=True)  # type: ignore[call-arg]
-            else:
-                raw = reader.read_region((x, y), level, (width, height))
+                return self._tiffslide_region(reader, x, y, level, width, height)
+            return to_rgb(reader.read_region((x, y), level, (width, height)))
+
+    @staticmethod
+    def _tiffslide_region(
+        reader: Any, x: int, y: int, level: int, width: int, height: int
+    ) -> RGBArray:
+        """tiffslide pads outside the image with black; read the inside, paint the rest white."""
+        lw, lh = reader.level_dimensions[level]
+        ds = reader.level_downsamples[level]
+        rx0, ry0 = reader._read_region_loc_transform((x, y), level)
+        cx0, cy0 = max(rx0, 0), max(ry0, 0)
+        cx1, cy1 = min(rx0 + width, lw), min(ry0 + height, lh)
+        if (cx0, cy0, cx1, cy1) == (rx0, ry0, rx0 + width, ry0 + height):
+            raw = reader.read_region((x, y), level, (width, height), as_array=True, padding=False)
             return to_rgb(raw)
+        out = np.full((height, width, 3), 255, dtype=np.uint8)
+        if cx1 > cx0 and cy1 > cy0:
+            # ceil() maps back onto exactly (cx0, cy0) under tiffslide's floor(loc / ds)
+            location = (math.ceil(cx0 * ds), math.ceil(cy0 * ds))
+            raw = reader.read_region(
+                location, level, (cx1 - cx0, cy1 - cy0), as_array=True, padding=False
+            )
+            out[cy0 - ry0 : cy1 - ry0, cx0 - rx0 : cx1 - rx0] = to_rgb(raw)
+        return out
 
     def associated_image(self, name: str) -> RGBArray:
         with self._read_errors():
@@ -153,8 +175,11 @@ class Backend:
 
 
 def _is_dicom(path: Path) -> bool:
-    with path.open("rb") as fh:
-        head = fh.read(132)
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
     return head[128:132] == b"DICM"
 
 

@@ -29,6 +29,9 @@ TIFFSLIDE_PREFIX = "tiffslide."
 
 # 10 µm/px at 1x: the usual convention (20x -> 0.5 µm/px, 40x -> 0.25 µm/px).
 MICRONS_AT_1X = 10.0
+# A plain TIFF's resolution tags are often an image editor's 72/96/300 dpi (85-350 µm/px),
+# not a microscope calibration; a scan at coarser than this is not believed without --slide-mpp.
+MAX_TIFF_MPP = 10.0
 
 
 @dataclass(frozen=True)
@@ -80,9 +83,16 @@ def objective_power(props: Mapping[str, str]) -> float | None:
 
 
 def resolve_mpp(
-    props: Mapping[str, str], mpp_override: float | tuple[float, float] | None, name: str
+    props: Mapping[str, str],
+    mpp_override: float | tuple[float, float] | None,
+    name: str,
+    calibrated: bool = True,
 ) -> Mpp | None:
-    """The slide's level-0 MPP by DESIGN.md's order; ``None`` when nothing gives one."""
+    """The slide's level-0 MPP by DESIGN.md's order; ``None`` when nothing gives one.
+
+    ``calibrated`` is false for files whose MPP can only come from generic TIFF
+    resolution tags (tiffslide): values coarser than :data:`MAX_TIFF_MPP` are ignored.
+    """
     if mpp_override is not None:
         mx, my = mpp_override if isinstance(mpp_override, tuple) else (mpp_override, mpp_override)
         if _positive_float(mx) is None or _positive_float(my) is None:
@@ -91,7 +101,15 @@ def resolve_mpp(
     meta_x = _positive_float(props.get(PROP_MPP_X))
     meta_y = _positive_float(props.get(PROP_MPP_Y))
     if meta_x is not None or meta_y is not None:
-        return Mpp(meta_x or meta_y or 0.0, meta_y or meta_x or 0.0, "metadata")
+        found = Mpp(meta_x or meta_y or 0.0, meta_y or meta_x or 0.0, "metadata")
+        if calibrated or found.mean <= MAX_TIFF_MPP:
+            return found
+        log.warning(
+            "%s: ignoring the TIFF resolution tags (%.4g µm/px looks like an image editor's "
+            "dpi, not a microscope scan); pass --slide-mpp",
+            name,
+            found.mean,
+        )
     power = objective_power(props)
     if power is not None:
         mpp = MICRONS_AT_1X / power

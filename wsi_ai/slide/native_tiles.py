@@ -25,6 +25,23 @@ from numpy.typing import NDArray
 log = logging.getLogger(__name__)
 
 
+# (compression, photometric) pairs whose tiles tifffile decodes to the same RGB as OpenSlide.
+# Aperio's 33003/33004 JPEG 2000 store YCbCr that OpenSlide converts itself: not listed.
+_SAFE = {
+    (1, 2),  # none, RGB
+    (5, 2),  # LZW, RGB
+    (8, 2),  # deflate, RGB
+    (32946, 2),  # old deflate, RGB
+    (7, 2),  # JPEG, RGB (Aperio)
+    (7, 6),  # JPEG, YCbCr (libjpeg converts)
+    (33005, 2),  # Aperio JPEG 2000, RGB
+}
+
+
+def _safe_codec(page: Any) -> bool:
+    return (int(page.compression), int(page.photometric)) in _SAFE
+
+
 class _Level:
     __slots__ = ("grid", "page", "tile")
 
@@ -74,6 +91,7 @@ class NativeTiles:
                     and int(page.imagedepth) == 1
                     and page.dtype == np.uint8
                     and page.samplesperpixel in (3, 4)
+                    and _safe_codec(page)
                     and len(series.levels[index].pages) == 1
                 ):
                     levels[index] = _Level(page)

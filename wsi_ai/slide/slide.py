@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from wsi_ai.errors import MissingMppError, SlideNotFoundError
+from wsi_ai.errors import MissingMppError, SlideNotFoundError, UnsupportedSlideError
 from wsi_ai.slide.backends import Backend, BackendName, RGBArray, open_backend
 from wsi_ai.slide.metadata import (
     PROP_VENDOR,
@@ -54,7 +54,19 @@ def open_slide(
         raise SlideNotFoundError("no such file; check the path", p)
     if p.is_dir():
         raise SlideNotFoundError("is a directory, not a slide file; give the slide's file", p)
-    return Slide(p, open_backend(p, backend), mpp_override)
+    try:
+        with p.open("rb"):
+            pass
+    except OSError as err:
+        raise UnsupportedSlideError(
+            f"cannot open the file ({err.strerror or err}); check its permissions", p
+        ) from err
+    opened = open_backend(p, backend)
+    try:
+        return Slide(p, opened, mpp_override)
+    except Exception:
+        opened.close()
+        raise
 
 
 def choose_level(downsamples: tuple[float, ...], target_downsample: float) -> int:
@@ -87,7 +99,9 @@ class Slide:
             )
         )
         self.associated_image_names: tuple[str, ...] = tuple(sorted(raw.associated_images.keys()))
-        self.mpp: Mpp | None = resolve_mpp(self.properties, mpp_override, path.name)
+        self.mpp: Mpp | None = resolve_mpp(
+            self.properties, mpp_override, path.name, calibrated=backend.name == "openslide"
+        )
 
     # -- identity and metadata -------------------------------------------------------
     @property
@@ -186,15 +200,18 @@ class Slide:
         if factor == 1.0:
             return self.read_region((0, 0), level, (width, height))
         ds = self.levels[level].downsample
+        out_h = max(1, round(height * factor))
+        # Shrink each band by a whole factor k (bands are multiples of k rows, so every
+        # band maps onto whole output rows), then resize the small result once.
+        k = max(1, math.floor(1 / factor))
+        band = max(BAND_PIXELS // (width * k), 1) * k
+        inter_w = max(1, round(width / k))
         bands = []
-        band = max(BAND_PIXELS // width, math.ceil(1 / factor), 1)
         for top in range(0, height, band):
             rows = min(band, height - top)
             pixels = self.read_region((0, round(top * ds)), level, (width, rows))
-            y0, y1 = round(top * factor), round((top + rows) * factor)
-            if y1 > y0:
-                bands.append(resize(pixels, (out_w, y1 - y0)))
-        return np.concatenate(bands, axis=0)
+            bands.append(resize(pixels, (inter_w, max(1, round(rows / k)))))
+        return resize(np.concatenate(bands, axis=0), (out_w, out_h))
 
     def thumbnail(self, max_size: int = 1024) -> RGBArray:
         """The whole slide shrunk so its longer side is at most ``max_size`` px."""
@@ -272,8 +289,17 @@ def resize(pixels: RGBArray, size: tuple[int, int]) -> RGBArray:
 
 
 def detect_modality(thumbnail: RGBArray) -> Modality:
-    """Fluorescence slides are mostly dark background; brightfield ones mostly bright glass."""
-    gray = thumbnail.astype(np.float32).mean(axis=2)
+    """Fluorescence slides are mostly dark background; brightfield ones mostly bright glass.
+
+    Scanners pad brightfield slides with black, so a fair share of bright, colourless
+    glass decides for brightfield however much dark padding surrounds it.
+    """
+    pixels = thumbnail.astype(np.int16)
+    gray = pixels.mean(axis=2)
+    chroma = pixels.max(axis=2) - pixels.min(axis=2)
+    glass = float(((gray > 200) & (chroma < 30)).mean())
+    if glass >= 0.1:
+        return "brightfield"
     dark = float((gray < 60).mean())
     bright = float((gray > 150).mean())
     return "fluorescence" if dark > bright else "brightfield"

@@ -107,6 +107,11 @@ class LazySlideStore(Store):
     def __eq__(self, other: object) -> bool:
         return isinstance(other, LazySlideStore) and other.slide is self.slide
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Dask process workers and distributed clusters rebuild the store from the slide,
+        # which itself reopens by path; the cache and file handles stay per process.
+        return (LazySlideStore, (self.slide, self._cache.max_bytes))
+
     def __hash__(self) -> int:
         return id(self.slide)
 

@@ -13,6 +13,11 @@ outside part reads as white (and counts as non-tissue).
 
 Where no level is as fine as the target (the CAMELYON DICOM's only level is 29 µm/px,
 say) the grid upsamples the finest level, warns, and records the effective MPP.
+
+Level-0 geometry is whole pixels: starts are rounded multiples of the exact stride and
+``width``/``height`` are the rounded patch extent. Under strong upsampling a patch spans
+only a few level-0 pixels (3.87 on the CAMELYON DICOM at 0.5 µm/px, stored as 4), so
+neighbouring patches may overlap by a pixel; ``GridSpec.downsample`` keeps the exact scale.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
+from wsi_ai.errors import ParameterError
 from wsi_ai.slide.slide import MPP_RTOL, Slide, resize
 
 if TYPE_CHECKING:
@@ -35,6 +41,8 @@ log = logging.getLogger(__name__)
 
 EdgeMode = Literal["inside", "pad"]
 COLUMNS = ("x", "y", "width", "height", "level", "tissue_fraction")
+# A guard against typos such as --mpp 0.0005: more patches than any real slide needs.
+MAX_PATCHES = 50_000_000
 
 
 @dataclass(frozen=True)
@@ -119,9 +127,21 @@ def grid(
         )
     patch0 = size * downsample
     stride0 = (size - overlap) * downsample
+    if patch0 < 1:
+        raise ParameterError(
+            f"a {size} px patch at {mpp:g} µm/px covers {patch0:.3g} level-0 px, less than "
+            f"one pixel of the slide ({slide_mpp:.4g} µm/px); raise --mpp or --size",
+            slide.path,
+        )
     width, height = slide.dimensions
     xs = _axis_starts(width, patch0, stride0, edge)
     ys = _axis_starts(height, patch0, stride0, edge)
+    if len(xs) * len(ys) > MAX_PATCHES:
+        raise ParameterError(
+            f"{len(xs) * len(ys):,} patches of {size} px at {mpp:g} µm/px is more than "
+            f"{MAX_PATCHES:,}; raise --mpp, --size, or lower --overlap",
+            slide.path,
+        )
     gy, gx = np.meshgrid(ys, xs, indexing="ij")
     x, y = gx.ravel(), gy.ravel()
     side = max(1, round(patch0))

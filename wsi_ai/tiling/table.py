@@ -2,8 +2,8 @@
 
 A patch table has one row per patch with ``x, y, width, height`` (level-0 px),
 ``level`` and ``tissue_fraction``; later stages add score or label columns. Parquet
-and Zarr also keep the grid's parameters (``GridSpec``) as metadata; CSV keeps
-columns only.
+and Zarr keep the grid's parameters (``GridSpec``: target and effective MPP, read
+size) as metadata; a CSV keeps them in a JSON sidecar, ``grid.csv.json``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from wsi_ai.errors import InvalidInputError
-from wsi_ai.outputs import atomic_output
+from wsi_ai.outputs import atomic_output, prepare_outputs
 
 REQUIRED = ("x", "y", "width", "height")
 META_KEY = "wsi_ai"
@@ -34,6 +34,11 @@ def table_format(path: Path) -> str:
     return suffix
 
 
+def csv_sidecar(path: Path) -> Path:
+    """Where a CSV table's metadata lives: ``grid.csv`` -> ``grid.csv.json``."""
+    return path.with_name(path.name + ".json")
+
+
 def write_table(
     table: pd.DataFrame,
     path: str | Path,
@@ -44,6 +49,11 @@ def write_table(
     out = Path(path)
     fmt = table_format(out)
     meta = dict(meta or {})
+    sidecar = csv_sidecar(out) if fmt == ".csv" and meta else None
+    prepare_outputs([out, sidecar], overwrite)
+    if sidecar is not None:
+        with atomic_output(sidecar, overwrite) as tmp:
+            tmp.write_text(json.dumps(meta, indent=2))
     with atomic_output(out, overwrite) as tmp:
         if fmt == ".csv":
             table.to_csv(tmp, index=False)
@@ -83,6 +93,8 @@ def read_table(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     try:
         if fmt == ".csv":
             table = pd.read_csv(src)
+            sidecar = csv_sidecar(src)
+            meta = json.loads(sidecar.read_text()) if sidecar.exists() else {}
         elif fmt == ".parquet":
             import pyarrow.parquet as pq
 
