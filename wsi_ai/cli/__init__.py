@@ -6,6 +6,7 @@ import click
 
 from wsi_ai import __version__
 from wsi_ai.cli.common import setup_logging
+from wsi_ai.cli.engine_cmds import embed, score
 from wsi_ai.cli.model_cmds import models
 from wsi_ai.cli.slide_cmds import convert, info, tiles, tissue
 from wsi_ai.cli.stitch_cmds import annotations_group, score_he, stitch
@@ -41,6 +42,8 @@ for command in (
     stitch,
     annotations_group,
     models,
+    embed,
+    score,
     train,
     predict,
 ):

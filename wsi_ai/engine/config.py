@@ -1,0 +1,87 @@
+"""What an inference run is asked to do (:class:`EngineConfig`) and what it did per slide."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DEVICES", "OUTPUTS", "PRECISIONS", "EngineConfig", "SlideResult"]
+
+OUTPUTS = ("embeddings", "scores")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """One inference run: which model, at which resolution, on which device.
+
+    ``mpp`` (µm/px) and ``size`` (px) are the patches' resolution and side; ``None`` takes
+    the card's. ``min_tissue`` is the fraction of a patch that must be tissue (with
+    ``tissue``); ``slide_mpp`` is the slide's own level-0 µm/px for files that lack it.
+    ``batch_size=None`` picks one: the largest power of two that fits half the free GPU
+    memory (at most 512), or 32 on a CPU. ``precision="auto"`` is bf16 where the device
+    supports it (else fp16 on a GPU, fp32 on a CPU), run under autocast.
+    """
+
+    model: str | Path  # card name or path
+    weights: Path | None = None
+    random_init: bool = False
+    device: str = "auto"  # auto|cpu|cuda|cuda:N
+    batch_size: int | None = None  # None = automatic
+    mpp: float | None = None  # None = the card's MPP
+    size: int | None = None  # None = the card's input size
+    min_tissue: float = 0.5
+    tissue: bool = True
+    outputs: tuple[str, ...] = ("embeddings",)  # and/or "scores"
+    precision: str = "auto"  # auto|fp32|bf16|fp16
+    compile: bool = False
+    read_threads: int = 2
+    slide_mpp: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.outputs or any(o not in OUTPUTS for o in self.outputs):
+            raise ValueError(f"outputs must be some of {', '.join(OUTPUTS)}, got {self.outputs}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
+        if self.device.split(":")[0] not in DEVICES:
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+        if not 0 <= self.min_tissue <= 1:
+            raise ValueError(f"min_tissue must be in [0, 1], got {self.min_tissue}")
+        if self.read_threads < 1:
+            raise ValueError("read_threads must be at least 1")
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready parameters (paths as strings, outputs as a list)."""
+        data = asdict(self)
+        data["model"] = str(self.model)
+        data["weights"] = None if self.weights is None else str(self.weights)
+        data["outputs"] = list(self.outputs)
+        return data
+
+
+@dataclass(frozen=True)
+class SlideResult:
+    """One slide's outcome: the store written (``out``) or the one-line ``error``."""
+
+    slide: Path
+    out: Path | None
+    patches: int
+    seconds: float
+    error: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "slide": str(self.slide),
+            "out": None if self.out is None else str(self.out),
+            "patches": self.patches,
+            "seconds": round(self.seconds, 3),
+            "error": self.error,
+        }

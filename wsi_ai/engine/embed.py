@@ -1,0 +1,180 @@
+"""One slide through the model: tissue, patch grid, batches, model, features store.
+
+:func:`embed_slide` is the unit of work for one slide, in two steps that the Dask graph
+also schedules separately (so one slide's tissue detection overlaps another's inference):
+:func:`prepare_slide` opens the slide, finds the tissue and lays the card's patch grid over
+it (``mpp`` µm/px, ``size`` px); :func:`run_prepared` streams the patches through an
+:class:`~wsi_ai.engine.runner.InferenceModel` and writes ``OUT/<slide-stem>.zarr``
+(:mod:`wsi_ai.engine.features` format) under a temporary name, renamed into place when
+complete. Its attributes record the card's name and hash, the weights (or
+``random_init``), the grid and every parameter.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from wsi_ai import __version__
+from wsi_ai.engine.config import EngineConfig, SlideResult
+from wsi_ai.engine.loader import PatchBatches
+from wsi_ai.engine.runner import InferenceModel, load_model, run_batches
+from wsi_ai.engine.writer import FeaturesWriter
+from wsi_ai.errors import InvalidInputError, WsiAiError
+from wsi_ai.nn.backbone import Backbone
+from wsi_ai.outputs import check_output
+from wsi_ai.tiling import PatchGrid
+
+__all__ = [
+    "PreparedSlide",
+    "embed_slide",
+    "failure_message",
+    "prepare_slide",
+    "run_prepared",
+    "store_attributes",
+]
+
+log = logging.getLogger(__name__)
+
+
+def failure_message(slide: Path, err: BaseException) -> str:
+    """One line for a failed slide: our errors as they are, anything else as a bug."""
+    if isinstance(err, WsiAiError):
+        return str(err) if err.path is not None else f"{slide}: {err}"
+    return (
+        f"{slide}: unexpected {type(err).__name__}: {err} "
+        "(this is a bug in wsi-ai: please report it with --debug output)"
+    )
+
+
+def store_attributes(
+    slide: Path, config: EngineConfig, model: InferenceModel, patches: PatchGrid
+) -> dict[str, Any]:
+    """What a features store records about how it was made (JSON-ready)."""
+    card = model.card
+    provenance = model.backbone.provenance()
+    parameters = config.as_dict()
+    parameters.update(model.settings())
+    parameters["mpp"] = patches.spec.mpp
+    return {
+        "slide": slide.name,
+        "slide_path": str(slide.resolve()),
+        "model": {"name": card.name, "sha256": card.card_hash},
+        "model_name": card.name,
+        "card_hash": card.card_hash,
+        "random_init": bool(provenance["random_init"]),
+        "backbone": provenance,
+        "embed_dim": card.embed_dim,
+        "outputs": list(config.outputs),
+        "parameters": parameters,
+        "grid": patches.spec.as_dict(),
+        "patches": len(patches),
+        "wsi_ai_version": __version__,
+    }
+
+
+@dataclass(frozen=True)
+class PreparedSlide:
+    """A slide's patch grid (tissue found, table made), ready for the model."""
+
+    slide: Path
+    patches: PatchGrid
+    seconds: float  # spent preparing
+
+
+def prepare_slide(slide_path: Path, config: EngineConfig, mpp: float, size: int) -> PreparedSlide:
+    """Open the slide, find the tissue and lay ``size`` px patches at ``mpp`` µm/px over it.
+
+    Raises :class:`InvalidInputError` when no patch is left (no tissue, or a slide
+    smaller than one patch). The slide is closed again: the grid is all that travels.
+    """
+    from wsi_ai.slide import open_slide
+    from wsi_ai.tiling import grid
+    from wsi_ai.tissue import detect_tissue
+
+    start = time.perf_counter()
+    with open_slide(slide_path, mpp_override=config.slide_mpp) as slide:
+        slide.require_mpp()
+        mask = detect_tissue(slide) if config.tissue else None
+        patches = grid(slide, mpp=mpp, size=size, tissue=mask, min_tissue=config.min_tissue)
+    if len(patches) == 0 and config.tissue:
+        raise InvalidInputError(
+            f"no patch of {size} px at {mpp:g} µm/px has at least {config.min_tissue:.0%} "
+            "tissue; lower --min-tissue, or pass --no-tissue",
+            slide_path,
+        )
+    if len(patches) == 0:
+        raise InvalidInputError(
+            f"the slide is smaller than one patch of {size} px at {mpp:g} µm/px", slide_path
+        )
+    log.info("%s: %d patches of %d px at %g µm/px", slide_path.name, len(patches), size, mpp)
+    return PreparedSlide(slide_path, patches, time.perf_counter() - start)
+
+
+def run_prepared(
+    prepared: PreparedSlide,
+    out: Path,
+    config: EngineConfig,
+    model: InferenceModel,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Stream a prepared slide's patches through ``model`` into the store ``out``."""
+    from wsi_ai.slide import open_slide
+
+    card, patches = model.card, prepared.patches
+    with open_slide(prepared.slide, mpp_override=config.slide_mpp) as slide:
+        batches = PatchBatches(
+            slide,
+            patches.spec,
+            patches.table,
+            model.batch_size,
+            threads=config.read_threads,
+            pin_memory=model.device.type == "cuda",
+        )
+        with FeaturesWriter(
+            out,
+            patches.table,
+            embed_dim=card.embed_dim if model.embeddings else None,
+            classes=card.classes if model.scores else None,
+            attrs=store_attributes(prepared.slide, config, model, patches),
+            overwrite=overwrite,
+        ) as writer:
+            run_batches(model, batches, writer.write, progress, total=len(patches))
+    return len(patches)
+
+
+def embed_slide(
+    slide: Path,
+    out: Path,
+    config: EngineConfig,
+    backbone: Backbone | InferenceModel | None = None,
+    overwrite: bool = False,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    raise_errors: bool = False,
+) -> SlideResult:
+    """Embed (and score) one slide into the features store ``out``.
+
+    ``backbone``: a built :class:`Backbone` or a prepared :class:`InferenceModel`
+    (reused across slides); ``None`` builds the config's. ``progress(done, total)``
+    counts patches. Errors come back in :attr:`SlideResult.error` as one line (raised
+    instead with ``raise_errors``); ``out`` then does not exist.
+    """
+    slide = Path(slide)
+    start = time.perf_counter()
+    try:
+        check_output(out, overwrite)
+        model = backbone if isinstance(backbone, InferenceModel) else load_model(config, backbone)
+        prepared = prepare_slide(slide, config, config.mpp or model.card.mpp, model.size)
+        count = run_prepared(prepared, out, config, model, overwrite, progress)
+    except Exception as err:
+        if raise_errors:
+            raise
+        log.debug("%s failed", slide, exc_info=True)
+        return SlideResult(slide, None, 0, time.perf_counter() - start, failure_message(slide, err))
+    return SlideResult(slide, out, count, time.perf_counter() - start, None)

@@ -1,0 +1,319 @@
+"""The model side of inference: device, precision, batch size, and the batch loop.
+
+:class:`InferenceModel` wraps a :class:`~wsi_ai.nn.backbone.Backbone` for one device:
+uint8 RGB patches ``[B, H, W, 3]`` go in, are normalised on the device with the card's
+mean/std (``(x / 255 - mean) / std``), and run channels-last under autocast (bf16, or
+fp16 on GPUs without bf16; fp32 on CPUs without bf16 support), optionally through
+``torch.compile``. Out come float16 embeddings ``[B, embed_dim]`` and, for cards with
+``classes``, float32 scores ``[B, C]``: the softmax of the card's classifier head applied
+to the embedding.
+
+:func:`run_batches` is the loop: while the model works on batch *i*, the read threads
+fill the next batches (:class:`~wsi_ai.engine.loader.PatchBatches`), the copy of batch
+*i + 1* to the GPU is non-blocking from pinned memory, and the results of batch *i - 1*
+are copied back and written while batch *i* computes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from wsi_ai.engine.config import EngineConfig
+from wsi_ai.engine.loader import PatchBatches
+from wsi_ai.errors import ModelError
+from wsi_ai.nn.backbone import Backbone, build_backbone
+from wsi_ai.nn.cards import ModelCard, find_card
+
+__all__ = [
+    "InferenceModel",
+    "auto_batch_size",
+    "cpu_supports_bf16",
+    "load_model",
+    "resolve_device",
+    "resolve_precision",
+    "run_batches",
+]
+
+log = logging.getLogger(__name__)
+
+CPU_BATCH = 32
+MAX_GPU_BATCH = 512
+GPU_MEMORY_FRACTION = 0.5  # of the free memory, for the activations of one batch
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+Writer = Callable[..., None]  # write(start, *, embeddings=..., scores=...)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` is the first CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelError(f"device {name!r} asked for, but torch sees no CUDA GPU")
+        index = device.index or 0
+        if index >= torch.cuda.device_count():
+            raise ModelError(f"device {name!r}: only {torch.cuda.device_count()} GPU(s) visible")
+    return device
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether oneDNN has fast bf16 kernels on this CPU (AVX512-BF16, AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 where supported, else fp16 on a GPU and fp32 on a CPU."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_supports_bf16() else "fp32"
+
+
+class InferenceModel:
+    """A backbone prepared for inference on one device (see the module docstring).
+
+    ``size`` is the patch side in px the model will see; ``scores`` asks for class
+    scores (the card needs ``classes``); ``embeddings=False`` leaves them out.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        *,
+        size: int,
+        device: torch.device | str = "cpu",
+        precision: str = "auto",
+        compile: bool = False,
+        batch_size: int | None = None,
+        embeddings: bool = True,
+        scores: bool = False,
+        channels_last: bool = True,
+    ) -> None:
+        card = backbone.card
+        if scores and not card.classes:
+            raise ModelError(
+                f"card {card.name!r} has no classes, so it gives no scores; use `wsi-ai embed` "
+                "for embeddings, or a card with a classifier head and classes",
+                card.path,
+            )
+        self.device = torch.device(device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels
+        self.precision = resolve_precision(precision, self.device)
+        self.size = size
+        self.embeddings, self.scores = embeddings, scores
+        self.channels_last = channels_last
+        self.backbone = backbone.to(self.device).eval()
+        if channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
+        self.classifier = backbone.model.get_classifier() if scores else None  # type: ignore[operator]
+        mean = torch.tensor(card.mean, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(card.std, device=self.device).view(1, 3, 1, 1)
+        self._scale, self._shift = 1.0 / (255.0 * std), mean / std
+        self.compiled = compile
+        self._run: Callable[[torch.Tensor], tuple[torch.Tensor | None, torch.Tensor | None]]
+        self._run = torch.compile(self._forward, dynamic=False) if compile else self._forward
+        self._checked = False
+        self.batch_size = batch_size if batch_size is not None else auto_batch_size(self)
+
+    @property
+    def card(self) -> ModelCard:
+        return self.backbone.card
+
+    def settings(self) -> dict[str, Any]:
+        """The resolved run parameters, for the output's attributes."""
+        return {
+            "device": str(self.device),
+            "precision": self.precision,
+            "batch_size": self.batch_size,
+            "channels_last": self.channels_last,
+            "compile": self.compiled,
+            "size": self.size,
+        }
+
+    def _forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        x = pixels.permute(0, 3, 1, 2).float()  # NHWC memory: already channels-last
+        if not self.channels_last:
+            x = x.contiguous()
+        x = x * self._scale - self._shift
+        dtype = AUTOCAST.get(self.precision)
+        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+            emb = self.backbone(x)
+            logits = None if self.classifier is None else self.classifier(emb)
+        scores = None if logits is None else torch.softmax(logits.float(), dim=1)
+        return (emb.to(torch.float16) if self.embeddings else None), scores
+
+    @torch.no_grad()
+    def __call__(self, pixels: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """uint8 ``[B, H, W, 3]`` on ``device`` -> (float16 embeddings, float32 scores)."""
+        if self._checked:
+            return self._run(pixels)
+        card = self.card
+        try:
+            emb, scores = self._run(pixels)
+        except (RuntimeError, AssertionError, ValueError) as err:
+            raise ModelError(
+                f"card {card.name!r}: {card.architecture} failed on {self.size} px patches "
+                f"({type(err).__name__}: {str(err)[:200]}); use the card's input size "
+                f"({card.input_size} px)",
+                card.path,
+            ) from err
+        if scores is not None and scores.shape[1] != len(card.classes):
+            raise ModelError(
+                f"card {card.name!r} lists {len(card.classes)} classes but its head gives "
+                f"{scores.shape[1]} values; set kwargs.num_classes = {len(card.classes)}",
+                card.path,
+            )
+        self._checked = True
+        return emb, scores
+
+
+def auto_batch_size(model: InferenceModel) -> int:
+    """``CPU_BATCH`` on a CPU; on a GPU the largest power of two whose activations fit.
+
+    Measures the peak memory of an eager forward pass of a few patches and scales it to
+    ``GPU_MEMORY_FRACTION`` of the free memory, capped at ``MAX_GPU_BATCH``.
+    """
+    if model.device.type != "cuda":
+        return CPU_BATCH
+    device, probe = model.device, 8
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    free, _ = torch.cuda.mem_get_info(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    pixels = torch.full((probe, model.size, model.size, 3), 128, dtype=torch.uint8, device=device)
+    with torch.no_grad():
+        model._forward(pixels)
+    torch.cuda.synchronize(device)
+    per_patch = max(1.0, (torch.cuda.max_memory_allocated(device) - base) / probe)
+    fit = max(1.0, GPU_MEMORY_FRACTION * free / per_patch)
+    batch = min(MAX_GPU_BATCH, 1 << int(math.log2(fit)))
+    log.info(
+        "batch size %d (%.1f MiB per patch, %.1f GiB free)", batch, per_patch / 2**20, free / 2**30
+    )
+    return batch
+
+
+def load_model(
+    config: EngineConfig,
+    backbone: Backbone | None = None,
+    *,
+    device: torch.device | str | None = None,
+    size: int | None = None,
+) -> InferenceModel:
+    """Find the config's card, build its backbone (unless given) and prepare it."""
+    if backbone is None:
+        card = find_card(config.model)
+        target = resolve_device(config.device) if device is None else torch.device(device)
+        backbone = build_backbone(
+            card, config.weights, random_init=config.random_init, device="cpu"
+        )
+    else:
+        card = backbone.card
+        target = resolve_device(config.device) if device is None else torch.device(device)
+    return InferenceModel(
+        backbone,
+        size=size or config.size or card.input_size,
+        device=target,
+        precision=config.precision,
+        compile=config.compile,
+        batch_size=config.batch_size,
+        embeddings="embeddings" in config.outputs,
+        scores="scores" in config.outputs,
+    )
+
+
+def _to_numpy(values: torch.Tensor | None) -> np.ndarray | None:
+    return None if values is None else values.numpy()
+
+
+def _pinned_copy(values: torch.Tensor | None) -> torch.Tensor | None:
+    """A non-blocking copy of a device tensor into pinned host memory."""
+    if values is None:
+        return None
+    host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+    return host.copy_(values, non_blocking=True)
+
+
+def run_batches(
+    model: InferenceModel,
+    batches: PatchBatches,
+    write: Writer,
+    progress: Callable[[int, int], None] | None = None,
+    total: int | None = None,
+) -> int:
+    """Run every batch through ``model`` and hand the results to ``write`` in order.
+
+    ``write(start, embeddings=..., scores=...)`` gets numpy arrays (float16, float32 or
+    None). Returns the number of patches done. On a GPU, results are copied back into
+    pinned memory without blocking and written one batch later, while the next computes.
+    """
+    if model.device.type == "cuda":
+        with torch.cuda.device(model.device):  # events and streams on the model's GPU
+            return _loop(model, batches, write, progress, total)
+    return _loop(model, batches, write, progress, total)
+
+
+def _loop(
+    model: InferenceModel,
+    batches: PatchBatches,
+    write: Writer,
+    progress: Callable[[int, int], None] | None,
+    total: int | None,
+) -> int:
+    cuda = model.device.type == "cuda"
+    # Host-to-device copies run on their own stream, so they overlap the previous batch.
+    copy_stream = torch.cuda.Stream(model.device) if cuda else None
+    pending: tuple[int, list[torch.Tensor | None], Any] | None = None
+    done = 0
+
+    def finish(item: tuple[int, list[torch.Tensor | None], Any]) -> int:
+        start, host, event = item
+        if event is not None:
+            event.synchronize()
+        emb, scores = (_to_numpy(t) for t in host)
+        write(start, embeddings=emb, scores=scores)
+        return len(next(t for t in host if t is not None))
+
+    for batch in batches:
+        count = len(batch)
+        pixels = batch.padded if model.compiled else batch.pixels  # one shape when compiled
+        if copy_stream is not None:
+            with torch.cuda.stream(copy_stream):
+                pixels = pixels.to(model.device, non_blocking=True)
+                copied = torch.cuda.Event()
+                copied.record(copy_stream)
+            torch.cuda.current_stream(model.device).wait_event(copied)
+            pixels.record_stream(torch.cuda.current_stream(model.device))
+            batch.release(copied)  # the read threads wait for the copy before refilling
+        outputs = [None if t is None else t[:count] for t in model(pixels)]
+        if cuda:
+            host = [_pinned_copy(t) for t in outputs]
+            ready = torch.cuda.Event()
+            ready.record()
+            item: tuple[int, list[torch.Tensor | None], Any] = (batch.start, host, ready)
+        else:
+            batch.release()
+            item = (batch.start, outputs, None)
+        if pending is not None:
+            done += finish(pending)
+            if progress is not None:
+                progress(done, total or done)
+        pending = item
+    if pending is not None:
+        done += finish(pending)
+        if progress is not None:
+            progress(done, total or done)
+    return done
