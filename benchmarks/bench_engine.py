@@ -57,6 +57,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -66,10 +67,10 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(REPO))
 
 from wsi_ai.engine import EngineConfig, embed_slide  # noqa: E402
-from wsi_ai.engine.embed import store_attributes  # noqa: E402
+from wsi_ai.engine.embed import prepare_slide, run_prepared  # noqa: E402
 from wsi_ai.engine.loader import PatchBatches  # noqa: E402
-from wsi_ai.engine.runner import InferenceModel, load_model, run_batches  # noqa: E402
-from wsi_ai.engine.writer import FeaturesWriter  # noqa: E402
+from wsi_ai.engine.runner import InferenceModel, load_model  # noqa: E402
+from wsi_ai.tiling import PatchGrid  # noqa: E402
 
 MIB = 2**20
 
@@ -101,33 +102,12 @@ def end_to_end(
     if cap is None:  # the real thing
         result = embed_slide(slide_path, out, config, model, overwrite=True, raise_errors=True)
         return result.patches, time.perf_counter() - start
-    # the same steps as embed_slide, on the first ``cap`` rows of the patch table
-    from wsi_ai.slide import open_slide
-    from wsi_ai.tiling import PatchGrid, grid
-    from wsi_ai.tissue import detect_tissue
-
-    with open_slide(slide_path) as slide:
-        full = grid(
-            slide, mpp=config.mpp or model.card.mpp, size=model.size, tissue=detect_tissue(slide)
-        )
-        patches = PatchGrid(full.table.head(cap).reset_index(drop=True), full.spec)
-        batches = PatchBatches(
-            slide,
-            patches.spec,
-            patches.table,
-            model.batch_size,
-            threads=config.read_threads,
-            pin_memory=model.device.type == "cuda",
-        )
-        with FeaturesWriter(
-            out,
-            patches.table,
-            embed_dim=model.card.embed_dim,
-            attrs=store_attributes(slide_path, config, model, patches),
-            overwrite=True,
-        ) as writer:
-            run_batches(model, batches, writer.write)
-    return len(patches), time.perf_counter() - start
+    # embed_slide's own two steps, on the first ``cap`` rows of the patch table
+    prepared = prepare_slide(slide_path, config, config.mpp or model.card.mpp, model.size)
+    full = prepared.patches
+    capped = PatchGrid(full.table.head(cap).reset_index(drop=True), full.spec)
+    patches = run_prepared(replace(prepared, patches=capped), out, config, model, overwrite=True)
+    return patches, time.perf_counter() - start
 
 
 def read_only_rate(
