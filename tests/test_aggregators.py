@@ -116,7 +116,8 @@ def test_vit_class_token_attention_matches_naive_full_attention() -> None:
     x, pos = bag(60)
     out = vit(x, pos)
     with torch.no_grad():
-        t = vit.proj(x[None]) + sincos_2d(pos[None], vit.width)
+        code = vit.position_gain * sincos_2d(pos[None], vit.width)
+        t = vit.proj(vit.input_norm(x[None])) + code
         t = torch.cat([vit.cls_token, t], dim=1)
         for block in vit.blocks:
             t, attn = _naive_block(block, t)

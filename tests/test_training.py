@@ -299,3 +299,40 @@ def test_temperature_prior_keeps_separable_sets_finite() -> None:
     logits = np.where(np.eye(2)[y] > 0, 4.0, -4.0)  # every slide right, with p = 0.9997
     assert fit_temperature(logits, y, prior_sd=None) == pytest.approx(0.05, rel=0.01)
     assert 0.3 < fit_temperature(logits, y) <= 1.0
+
+
+@pytest.mark.parametrize("aggregator", ["abmil", "vit"])
+def test_embedding_scale_does_not_matter(
+    synthetic: tuple[Path, dict], tmp_path: Path, aggregator: str
+) -> None:
+    """A random-init ResNet gives embeddings around 0.04, UNI around 1: the same features at
+    1/50 the scale must train as well (before InputNorm, both aggregators stayed at chance
+    on such features with a rate that suits unit-scale ones)."""
+    root, _ = synthetic
+    small = tmp_path / "small"
+    data = load_dataset(root / "labels.csv", root, 3)
+    for bag in data.bags:
+        write_slide(small / f"{bag.name}.zarr", bag.embeddings.astype(np.float32) / 50)
+    config = TrainConfig(
+        aggregator=aggregator,
+        hyperparameters={"width": 32, **({"depth": 1, "heads": 4} if aggregator == "vit" else {})},
+        folds=3,
+        max_epochs=12,
+        patience=12,
+        lr=1e-3 if aggregator == "abmil" else 5e-3,
+    )
+    metrics = [
+        train_run(root / "labels.csv", feats, tmp_path / name, config)
+        for name, feats in (("unit", root), ("tiny", small))
+    ]
+    print([m["oof"]["auc"] for m in metrics])
+    assert metrics[1]["oof"]["auc"] >= 0.9
+    assert metrics[1]["oof"]["auc"] == pytest.approx(metrics[0]["oof"]["auc"], abs=0.05)
+    # the statistics travel with the weights and come from training patches only
+    run = load_run(tmp_path / "tiny", "cpu")
+    norm = run.model.input_norm
+    every = np.concatenate([b.embeddings for b in load_dataset(root / "labels.csv", small, 3).bags])
+    assert float(norm.std.mean()) == pytest.approx(
+        float(every.astype(np.float64).std(0).mean()), rel=0.2
+    )
+    assert float(norm.std.mean()) < 0.1  # measured on the tiny features, not left at 1

@@ -3,13 +3,24 @@
 An aggregator takes one slide's patch embeddings ``[N, D]`` (or a padded batch ``[B, N, D]``
 with a ``mask [B, N]``, True for real patches) and patch grid positions ``[N, 2]`` (see
 :mod:`wsi_ai.nn.positions`), and returns a :class:`MILOutput`.
+
+Every aggregator first standardises its input with :class:`InputNorm`: per-dimension mean and
+standard deviation measured on the training patches (buffers, so they travel with the
+weights). Embedding scales differ by orders of magnitude between backbones (a random-init
+ResNet gives values around 0.04, UNI around 1, some models hundreds); without this the
+first layer's learning rate and the ViT's positional code would mean different things for
+each backbone.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from numpy.typing import NDArray
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -71,3 +82,40 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Ten
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = torch.softmax(scores, dim=-1)
     return weights if mask is None else weights.masked_fill(~mask, 0.0)
+
+
+class InputNorm(nn.Module):
+    """``(x - mean) / std`` per embedding dimension; identity until :meth:`fit` is called."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    @torch.no_grad()
+    def fit(self, embeddings: Iterable[NDArray[np.floating]], eps: float = 1e-6) -> None:
+        """Measure mean and std over every patch of ``embeddings`` (one ``[N, D]`` array per
+        slide; float64 sums, one pass). Constant dimensions keep std 1."""
+        total = 0
+        s1 = np.zeros(self.mean.shape[0])
+        s2 = np.zeros(self.mean.shape[0])
+        for emb in embeddings:
+            a = np.asarray(emb, dtype=np.float64)
+            if a.ndim != 2 or a.shape[1] != s1.shape[0]:
+                raise ValueError(f"embeddings must be [N, {s1.shape[0]}], got {a.shape}")
+            total += a.shape[0]
+            s1 += a.sum(axis=0)
+            s2 += np.square(a).sum(axis=0)
+        if total == 0:
+            raise ValueError("no patches to measure the input statistics on")
+        mean = s1 / total
+        std = np.sqrt(np.maximum(s2 / total - mean**2, 0.0))
+        std[std < eps] = 1.0
+        self.mean.copy_(torch.from_numpy(mean))
+        self.std.copy_(torch.from_numpy(std))

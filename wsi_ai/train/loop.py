@@ -1,11 +1,13 @@
 """Training one aggregator: AdamW, one slide per step, token subsampling, early stopping.
 
-Each step draws at most ``max_tokens`` patches of one slide at random (positions are computed
-on the whole slide first, so subsampling never shifts them); evaluation always uses every
-patch. The loss is cross-entropy weighted by inverse class frequency in the training slides
-(``n / (C * n_c)``), so a rare class counts as much as a common one. With a validation set,
-training stops once the validation loss (same weighting) has not improved for ``patience``
-epochs and the weights of the best epoch are returned; without one it runs ``max_epochs``.
+Before the first step the aggregator's :class:`~wsi_ai.nn.mil.InputNorm` is measured on the
+training slides' patches (never the validation or test slides). Each step draws at most
+``max_tokens`` patches of one slide at random (positions are computed on the whole slide
+first, so subsampling never shifts them); evaluation always uses every patch. The loss is
+cross-entropy weighted by inverse class frequency in the training slides (``n / (C * n_c)``),
+so a rare class counts as much as a common one. With a validation set, training stops once
+the validation loss (same weighting) has not improved for ``patience`` epochs and the
+weights of the best epoch are returned; without one it runs ``max_epochs``.
 
 Seeds: :func:`seed_everything` seeds ``random``, NumPy and torch (weight init, dropout); the
 slide order and token draws come from ``numpy.random.default_rng(seed)``. CPU runs repeat
@@ -28,7 +30,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from wsi_ai.errors import InvalidInputError
-from wsi_ai.nn.mil import MILOutput
+from wsi_ai.nn.mil import InputNorm, MILOutput
 from wsi_ai.train.data import SlideBag
 
 
@@ -151,8 +153,11 @@ def fit(
     ``seed`` drives the slide order and token draws; seed torch (:func:`seed_everything`)
     before building the model, which fixes the initial weights and dropout."""
     device = resolve_device(config.device)
-    model.to(device)
     bags, y = train
+    norm = getattr(model, "input_norm", None)
+    if isinstance(norm, InputNorm):  # standardise with the training patches only
+        norm.fit(b.embeddings for b in bags)
+    model.to(device)
     weights = class_weights(y, n_classes)
     w_dev = weights.to(device)
     target = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(device)
