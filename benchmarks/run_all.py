@@ -36,7 +36,7 @@ def benchmarks(slide: Path) -> dict[str, list[str]]:
         "regions": [str(bench / "bench_regions.py")],
         "aggregator": [str(bench / "bench_aggregator.py")],
         "engine": [str(bench / "bench_engine.py"), "--slide", str(slide)],
-        "proof": [str(bench / "bench_proof_of_learning.py")],
+        "proof": [str(bench / "bench_proof_of_learning.py"), str(REPO / "bench-out" / "proof")],
     }
     return {name: args for name, args in table.items() if Path(args[0]).exists()}
 
