@@ -47,6 +47,8 @@ POSITIVE = FiniteFloat(min=0, min_open=True)
 FRACTION = FiniteFloat(0, 1)
 # Inputs are checked per input (a missing or unreadable slide is exit 1, not a usage error).
 INPUT_PATH = click.Path(path_type=Path, readable=False)
+SLIDE = click.argument("slide", type=INPUT_PATH)
+SLIDES = click.argument("slides", nargs=-1, required=True, type=INPUT_PATH)
 F = TypeVar("F", bound=Callable[..., Any])
 
 log = logging.getLogger("wsi_ai")
@@ -110,6 +112,104 @@ def run_each(
 
 def open_for_cli(path: Path, slide_mpp: float | None, backend: str = "auto") -> Slide:
     return open_slide(path, backend=backend, mpp_override=slide_mpp)
+
+
+def apply_options(func: F, *options: Callable[[Any], Any]) -> F:
+    """Apply ``options`` to ``func`` as if stacked over it in this order (the first on top)."""
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _lead(prefix: str, text: str) -> str:
+    """``text`` after ``prefix`` ("Grid: "), its first letter lowered; ``text`` with none."""
+    return f"{prefix}{text[:1].lower()}{text[1:]}" if prefix else text
+
+
+def out_option(help_text: str) -> Callable[[F], F]:
+    """``-o/--out``, required; like the inputs, it is checked per input, not by click."""
+
+    def apply(func: F) -> F:
+        return click.option("-o", "--out", required=True, type=INPUT_PATH, help=help_text)(func)
+
+    return apply
+
+
+def tissue_filter_options(help_prefix: str = "") -> Callable[[F], F]:
+    """``--min-tissue`` and ``--no-tissue``: which patches count as tissue."""
+
+    def apply(func: F) -> F:
+        return apply_options(
+            func,
+            click.option(
+                "--min-tissue",
+                type=FRACTION,
+                default=0.5,
+                show_default=True,
+                help=_lead(help_prefix, "Drop patches with a smaller tissue fraction."),
+            ),
+            click.option(
+                "--no-tissue",
+                is_flag=True,
+                help=_lead(help_prefix, "Keep every patch; skip tissue detection."),
+            ),
+        )
+
+    return apply
+
+
+def grid_options(help_prefix: str = "") -> Callable[[F], F]:
+    """The patch grid: ``--mpp``, ``--size``, ``--overlap``, ``--min-tissue``, ``--no-tissue``.
+
+    ``help_prefix`` ("Grid: ") marks them in commands where the grid is one source of patches.
+    """
+
+    def apply(func: F) -> F:
+        return apply_options(
+            func,
+            click.option(
+                "--mpp",
+                type=POSITIVE,
+                default=0.5,
+                show_default=True,
+                help=_lead(help_prefix, "Target resolution of the patches (µm/px)."),
+            ),
+            click.option(
+                "--size",
+                type=click.IntRange(min=1),
+                default=224,
+                show_default=True,
+                help=_lead(help_prefix, "Patch side in target pixels."),
+            ),
+            click.option(
+                "--overlap",
+                type=click.IntRange(min=0),
+                default=0,
+                show_default=True,
+                help=_lead(help_prefix, "Target pixels shared by neighbouring patches."),
+            ),
+            tissue_filter_options(help_prefix),
+        )
+
+    return apply
+
+
+def ngff_option(help_prefix: str = "") -> Callable[[F], F]:
+    """``--ngff``: the OME-Zarr version written (``help_prefix`` names the store)."""
+
+    def apply(func: F) -> F:
+        return click.option(
+            "--ngff",
+            type=click.Choice(["0.4", "0.5"]),
+            default="0.4",
+            show_default=True,
+            help=_lead(
+                help_prefix,
+                "0.4 writes Zarr v2 (what QuPath's Bio-Formats opens); 0.5 writes Zarr v3.",
+            ),
+        )(func)
+
+    return apply
 
 
 def slide_mpp_option(func: F) -> F:

@@ -8,28 +8,26 @@ renamed into place only when complete.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from wsi_ai.cli.common import (
-    FRACTION,
-    INPUT_PATH,
     POSITIVE,
+    SLIDES,
+    F,
+    apply_options,
     echo_json,
     error_line,
     json_option,
     overwrite_option,
     progress_bar,
     slide_mpp_option,
+    tissue_filter_options,
 )
 from wsi_ai.errors import WsiAiError
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-SLIDES = click.argument("slides", nargs=-1, required=True, type=INPUT_PATH)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -58,7 +56,8 @@ def _scheduler(ctx: click.Context, param: click.Parameter, value: str | None) ->
 
 
 def _engine_options(func: F) -> F:
-    options = [
+    return apply_options(
+        func,
         click.option(
             "-m",
             "--model",
@@ -95,14 +94,7 @@ def _engine_options(func: F) -> F:
             default=None,
             help="Patch side in px (default: the card's input size).",
         ),
-        click.option(
-            "--min-tissue",
-            type=FRACTION,
-            default=0.5,
-            show_default=True,
-            help="Skip patches with a smaller tissue fraction.",
-        ),
-        click.option("--no-tissue", is_flag=True, help="Every patch; skip tissue detection."),
+        tissue_filter_options(),
         click.option(
             "--batch-size",
             default="auto",
@@ -142,10 +134,7 @@ def _engine_options(func: F) -> F:
         slide_mpp_option,
         overwrite_option,
         json_option,
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    )
 
 
 def _run(slides: tuple[Path, ...], out: Path, outputs: tuple[str, ...], **opts: Any) -> None:

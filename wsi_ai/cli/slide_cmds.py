@@ -13,12 +13,16 @@ from rich.table import Table
 
 from wsi_ai import __version__
 from wsi_ai.cli.common import (
-    FRACTION,
     INPUT_PATH,
     POSITIVE,
+    SLIDE,
+    SLIDES,
     echo_json,
+    grid_options,
     json_option,
+    ngff_option,
     open_for_cli,
+    out_option,
     overwrite_option,
     progress_bar,
     run_each,
@@ -32,9 +36,6 @@ if TYPE_CHECKING:
     from wsi_ai.tiling.grid import EdgeMode
 
 log = logging.getLogger(__name__)
-
-SLIDES = click.argument("slides", nargs=-1, required=True, type=INPUT_PATH)
-SLIDE = click.argument("slide", type=INPUT_PATH)
 
 
 def _human_size(n: int) -> str:
@@ -121,14 +122,8 @@ def _print_info_table(rows: list[dict[str, Any]]) -> None:
 
 @click.command()
 @SLIDE
-@click.option("-o", "--out", required=True, type=INPUT_PATH, help="OUT.ome.zarr")
-@click.option(
-    "--ngff",
-    type=click.Choice(["0.4", "0.5"]),
-    default="0.4",
-    show_default=True,
-    help="0.4 writes Zarr v2 (what QuPath's Bio-Formats opens); 0.5 writes Zarr v3.",
-)
+@out_option("OUT.ome.zarr")
+@ngff_option()
 @click.option("--include-associated", is_flag=True, help="Also copy label/macro images.")
 @click.option("--chunk", type=click.IntRange(64, 4096), default=512, show_default=True)
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True)
@@ -179,13 +174,7 @@ def convert(
 
 @click.command()
 @SLIDE
-@click.option(
-    "-o",
-    "--out",
-    required=True,
-    type=INPUT_PATH,
-    help="tissue.geojson (QuPath annotations; .geojson.gz also works)",
-)
+@out_option("tissue.geojson (QuPath annotations; .geojson.gz also works)")
 @click.option(
     "--mask",
     "mask_png",
@@ -271,42 +260,8 @@ def tissue(
 
 @click.command()
 @SLIDE
-@click.option(
-    "-o",
-    "--out",
-    required=True,
-    type=INPUT_PATH,
-    help="grid.csv, grid.parquet or grid.zarr",
-)
-@click.option(
-    "--mpp",
-    type=POSITIVE,
-    default=0.5,
-    show_default=True,
-    help="Target resolution of the patches (µm/px).",
-)
-@click.option(
-    "--size",
-    type=click.IntRange(min=1),
-    default=224,
-    show_default=True,
-    help="Patch side in target pixels.",
-)
-@click.option(
-    "--overlap",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Target pixels shared by neighbouring patches.",
-)
-@click.option(
-    "--min-tissue",
-    type=FRACTION,
-    default=0.5,
-    show_default=True,
-    help="Drop patches with a smaller tissue fraction.",
-)
-@click.option("--no-tissue", is_flag=True, help="Keep every patch; skip tissue detection.")
+@out_option("grid.csv, grid.parquet or grid.zarr")
+@grid_options()
 @click.option(
     "--edge",
     type=click.Choice(["inside", "pad"]),

@@ -13,9 +13,13 @@ from wsi_ai.cli.common import (
     FRACTION,
     INPUT_PATH,
     POSITIVE,
+    SLIDE,
     echo_json,
+    grid_options,
     json_option,
+    ngff_option,
     open_for_cli,
+    out_option,
     overwrite_option,
     progress_bar,
     run_each,
@@ -32,35 +36,15 @@ def _warn(message: str) -> None:
 
 
 @click.command("score-he")
-@click.argument("slide", type=INPUT_PATH)
-@click.option("-o", "--out", required=True, type=INPUT_PATH, help="scores.csv/.parquet")
+@SLIDE
+@out_option("scores.csv/.parquet")
 @click.option(
     "--patches",
     type=INPUT_PATH,
     default=None,
     help="Score this patch table instead of making a grid.",
 )
-@click.option(
-    "--mpp",
-    type=POSITIVE,
-    default=0.5,
-    show_default=True,
-    help="Grid: target resolution of the patches (µm/px).",
-)
-@click.option(
-    "--size", type=click.IntRange(min=1), default=224, show_default=True, help="Grid: patch px."
-)
-@click.option(
-    "--overlap", type=click.IntRange(min=0), default=0, show_default=True, help="Grid: shared px."
-)
-@click.option(
-    "--min-tissue",
-    type=FRACTION,
-    default=0.5,
-    show_default=True,
-    help="Grid: drop patches with a smaller tissue fraction.",
-)
-@click.option("--no-tissue", is_flag=True, help="Keep every patch; skip tissue detection.")
+@grid_options(help_prefix="Grid: ")
 @click.option(
     "--read-mpp",
     type=POSITIVE,
@@ -153,7 +137,7 @@ def score_he(
 @click.command()
 @click.argument("scores", type=INPUT_PATH)
 @click.option("--slide", required=True, type=INPUT_PATH, help="The scored slide.")
-@click.option("-o", "--out", required=True, type=INPUT_PATH, help="OUTDIR")
+@out_option("OUTDIR")
 @click.option(
     "--column",
     "columns",
@@ -196,13 +180,7 @@ def score_he(
 @click.option("--merge", is_flag=True, help="One MultiPolygon annotation per class.")
 @click.option("--tiles", is_flag=True, help="Also write tiles.geojson: one QuPath tile per patch.")
 @click.option("--gz", is_flag=True, help="Write GeoJSON as .geojson.gz (QuPath reads it).")
-@click.option(
-    "--ngff",
-    type=click.Choice(["0.4", "0.5"]),
-    default="0.4",
-    show_default=True,
-    help="heatmap.ome.zarr: 0.4 is Zarr v2 (QuPath's Bio-Formats), 0.5 is Zarr v3.",
-)
+@ngff_option(help_prefix="heatmap.ome.zarr: ")
 @click.option(
     "--thumbnail-size",
     type=click.IntRange(64, 8192),
@@ -351,7 +329,7 @@ def outside_slide(items: list[Any], size: tuple[int, int]) -> tuple[list[int], l
 
 @annotations_group.command("convert")
 @click.argument("source", metavar="IN", type=INPUT_PATH)
-@click.option("-o", "--out", required=True, type=INPUT_PATH, help="OUT.geojson[.gz] or .xml")
+@out_option("OUT.geojson[.gz] or .xml")
 @click.option(
     "--slide",
     type=INPUT_PATH,

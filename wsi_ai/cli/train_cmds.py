@@ -8,7 +8,14 @@ from typing import Any
 
 import click
 
-from wsi_ai.cli.common import INPUT_PATH, echo_json, json_option, overwrite_option, run_each
+from wsi_ai.cli.common import (
+    INPUT_PATH,
+    echo_json,
+    json_option,
+    out_option,
+    overwrite_option,
+    run_each,
+)
 from wsi_ai.errors import InvalidInputError
 
 DEVICE = click.option(
@@ -108,7 +115,7 @@ def _fmt(stat: dict[str, Any]) -> str:
     "refit on all slides for the median best epoch.",
 )
 @DEVICE
-@click.option("-o", "--out", required=True, type=INPUT_PATH, help="RUNDIR")
+@out_option("RUNDIR")
 @overwrite_option
 @json_option
 def train(
@@ -206,13 +213,7 @@ def train(
     help="A <slide>.zarr features store or a folder of them (repeatable).",
 )
 @DEVICE
-@click.option(
-    "-o",
-    "--out",
-    required=True,
-    type=INPUT_PATH,
-    help="Folder for <slide>.json and <slide>.patch_scores.csv.",
-)
+@out_option("Folder for <slide>.json and <slide>.patch_scores.csv.")
 @overwrite_option
 @json_option
 def predict(
