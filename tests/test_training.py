@@ -58,12 +58,23 @@ def cli() -> click.Group:
     return group
 
 
-def write_slide(path: Path, emb: np.ndarray, model: dict[str, str] = MODEL) -> None:
+def write_slide(
+    path: Path, emb: np.ndarray, model: dict[str, str] = MODEL, random_init: bool | None = None
+) -> None:
+    """A features store as the engine writes it (``random_init``: as ``--random-init`` marks
+    it; None: a store from before that mark)."""
     idx = np.arange(len(emb))
     table = pd.DataFrame(
         {"x": idx % 16 * 224 + 1000, "y": idx // 16 * 224, "width": 224, "height": 224}
     )
-    write_features(path, table, embeddings=emb, attrs={"model": model})
+    attrs: dict[str, object] = {"model": model}
+    if random_init is not None:
+        attrs["random_init"] = random_init
+        attrs["backbone"] = {
+            "random_init": random_init,
+            "weights_sha256": None if random_init else "ee",
+        }
+    write_features(path, table, embeddings=emb, attrs=attrs)
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +151,8 @@ def test_bad_labels_csv_is_invalid_input(synthetic: tuple[Path, dict], tmp_path:
         "single example": ("slide,label\n" + good + "s11,rare\n", "single slide: rare"),
         "too few for folds": ("slide,label\ns00,neg\ns01,pos\ns02,neg\ns03,pos\n", "fewer than"),
         "duplicate": ("slide,label\n" + good + "s00,pos\n", "more than once"),
+        "same store twice": ("slide,label\n" + good + "s00.svs,neg\n", "same features store"),
+        "class shadows a column": ("slide,label\n" + good + "s11,level\n", "clash"),
     }
     for name, (text, match) in cases.items():
         path = labels_file(tmp_path, text)
@@ -156,7 +169,7 @@ def test_mixed_embedding_models_are_rejected(tmp_path: Path) -> None:
         model = MODEL if i else {"name": "other", "sha256": "ff"}
         write_slide(tmp_path / f"m{i}.zarr", rng.normal(size=(20, 8)), model)
     path = labels_file(tmp_path, "slide,label\nm0,a\nm1,b\nm2,a\nm3,b\n")
-    with pytest.raises(InvalidInputError, match="different embedding models"):
+    with pytest.raises(InvalidInputError, match="different model cards"):
         load_dataset(path, tmp_path, folds=2)
 
 
@@ -336,3 +349,38 @@ def test_embedding_scale_does_not_matter(
         float(every.astype(np.float64).std(0).mean()), rel=0.2
     )
     assert float(norm.std.mean()) < 0.1  # measured on the tiny features, not left at 1
+
+
+def test_random_weights_are_never_mixed_and_always_said(
+    synthetic: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """Features from ``--random-init`` carry that mark through train and predict, and are
+    not mixed with (or predicted against) features from real weights of the same card."""
+    root, _ = synthetic
+    data = load_dataset(root / "labels.csv", root, 3)
+    rand, mixed = tmp_path / "random", tmp_path / "mixed"
+    for i, bag in enumerate(data.bags):
+        write_slide(rand / f"{bag.name}.zarr", bag.embeddings, random_init=True)
+        write_slide(mixed / f"{bag.name}.zarr", bag.embeddings, random_init=bool(i % 5))
+    with pytest.raises(InvalidInputError, match="random weights"):
+        load_dataset(root / "labels.csv", mixed, 3)
+
+    args = ["train", "--features", str(rand), "--labels", str(root / "labels.csv")]
+    result = CliRunner().invoke(cli(), [*args, *FAST, "-o", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "RANDOM weights" in result.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["random_init"] is True
+    assert metrics["features_model"]["random_init"] == "true"
+    assert load_run(tmp_path / "run", "cpu").card.features_model["random_init"] == "true"
+
+    real = tmp_path / "real"
+    write_slide(real / "r.zarr", data.bags[0].embeddings, random_init=False)
+    pred = ["predict", "--model", str(tmp_path / "run"), "-o", str(tmp_path / "pred")]
+    result = CliRunner().invoke(
+        cli(), [*pred, "--features", str(rand / "s00.zarr"), "--features", str(real)]
+    )
+    assert result.exit_code == 1 and "random_init" in result.output
+    record = json.loads((tmp_path / "pred" / "s00.json").read_text())
+    assert record["random_init"] is True and "RANDOM" in record["warning"]
+    assert not (tmp_path / "pred" / "r.json").exists()

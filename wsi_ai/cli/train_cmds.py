@@ -12,6 +12,7 @@ from wsi_ai.cli.common import (
     INPUT_PATH,
     echo_json,
     json_option,
+    log,
     out_option,
     overwrite_option,
     run_each,
@@ -194,6 +195,8 @@ def train(
                 f"{'n/a' if oof['auc'] is None else format(oof['auc'], '.3f')}; "
                 f"temperature {result['temperature']:.3g} -> {out}"
             )
+        if result.get("random_init"):
+            log.warning("features from a backbone with RANDOM weights: a benchmark, not a model")
     raise SystemExit(code)
 
 
@@ -236,6 +239,7 @@ def predict(
     """
     from wsi_ai.train import load_run, predict_store
     from wsi_ai.train.data import find_stores
+    from wsi_ai.train.predict import RANDOM_WARNING
 
     loaded: list[Any] = []
     code = run_each([rundir], lambda p: loaded.append(load_run(p, device)))
@@ -274,4 +278,6 @@ def predict(
                     f"{r['slide']}: {r['class']} (p={r['probability']:.3f}, "
                     f"calibrated {r['confidence']:.3f})"
                 )
+    if run.card.features_model.get("random_init") == "true":
+        log.warning("%s", RANDOM_WARNING)
     raise SystemExit(code)

@@ -166,6 +166,8 @@ def _metrics(data: Dataset, cv: CrossValidation, temperature: float) -> dict[str
             "ece_calibrated": ece(y, cal),
         },
         "temperature": temperature,
+        "features_model": dict(data.features_model),
+        "random_init": data.features_model.get("random_init") == "true",
         "folds": cv.folds,
     }
 

@@ -25,7 +25,10 @@ from wsi_ai.engine.features import read_features
 from wsi_ai.errors import InvalidInputError
 from wsi_ai.nn.positions import grid_positions
 
-RESERVED_COLUMNS = frozenset({"x", "y", "width", "height", "attention", "slide"})
+# Patch-table columns a class name must not shadow (the stitcher treats them as geometry).
+RESERVED_COLUMNS = frozenset(
+    {"x", "y", "width", "height", "level", "tissue_fraction", "attention", "slide"}
+)
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,9 @@ def match_store(name: str, stores: Mapping[str, Path]) -> Path | None:
 
 
 def features_identity(attrs: Mapping[str, Any]) -> dict[str, str]:
-    """The embedding model's card name and hash from a features store's attributes.
+    """What made a features store's embeddings: card ``name`` and ``sha256``, whether the
+    backbone had ``random_init`` weights (``"true"``/``"false"``) and the ``weights_sha256``
+    of the weights file, as far as the store's attributes say.
 
     Accepts ``model`` as a name or a table with ``name``/``sha256``, and flat ``model_name``,
     ``model_sha256``/``model_hash``/``card_sha256`` keys; absent values are left out.
@@ -143,7 +148,27 @@ def features_identity(attrs: Mapping[str, Any]) -> dict[str, str]:
     for key in ("model_sha256", "model_hash", "card_sha256", "card_hash"):
         if attrs.get(key) and "sha256" not in found:
             found["sha256"] = str(attrs[key])
+    backbone = attrs.get("backbone")
+    backbone = backbone if isinstance(backbone, Mapping) else {}
+    random_init = attrs.get("random_init", backbone.get("random_init"))
+    if isinstance(random_init, bool):
+        found["random_init"] = "true" if random_init else "false"
+    if backbone.get("weights_sha256"):
+        found["weights_sha256"] = str(backbone["weights_sha256"])
     return found
+
+
+def describe_mix(identities: list[dict[str, str]]) -> str:
+    """Why a set of features-store identities is not one embedding model, in a few words."""
+    if len({i.get("random_init") for i in identities}) > 1:
+        return "some stores were embedded with random weights (--random-init), some with real ones"
+    for key, what in (("name", "model cards"), ("sha256", "card versions")):
+        values = sorted({i[key] for i in identities if key in i})
+        if len(values) > 1:
+            return f"different {what} ({_names(values)})"
+    if len({i.get("weights_sha256") for i in identities}) > 1:
+        return "the same card with different weights files"
+    return f"different embedding models ({_names(sorted(map(str, identities)))})"
 
 
 def load_bag(path: Path) -> tuple[SlideBag, dict[str, str]]:
@@ -165,6 +190,15 @@ def load_dataset(labels_csv: Path, features: Path, folds: int) -> Dataset:
     if lost:
         raise InvalidInputError(
             f"no features store in {features} for slide(s) {_names(lost)}", labels_csv
+        )
+    by_store: dict[Path, list[str]] = {}
+    for slide, found in zip(table.slides, paths, strict=True):
+        by_store.setdefault(Path(str(found)), []).append(slide)
+    twice = [" and ".join(names) for names in by_store.values() if len(names) > 1]
+    if twice:
+        raise InvalidInputError(
+            f"rows {_names(twice)} name the same features store; list each slide once",
+            labels_csv,
         )
     counts = Counter(table.labels)
     classes = tuple(sorted(counts))
@@ -201,8 +235,8 @@ def load_dataset(labels_csv: Path, features: Path, folds: int) -> Dataset:
     models = {tuple(sorted(v.items())) for v in identities.values() if v}
     if len(models) > 1:
         raise InvalidInputError(
-            f"features come from different embedding models ({_names(sorted(map(str, models)))})"
-            "; embed every slide with one model",
+            f"features do not come from one embedding model: "
+            f"{describe_mix([dict(m) for m in sorted(models)])}; embed every slide with one model",
             features,
         )
     y = np.array([classes.index(label) for label in table.labels], dtype=np.int64)

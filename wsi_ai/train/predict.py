@@ -34,6 +34,11 @@ from wsi_ai.train.data import SlideBag, load_bag
 from wsi_ai.train.loop import resolve_device, run_bag
 from wsi_ai.train.metrics import softmax
 
+RANDOM_WARNING = (
+    "trained on features from a backbone with RANDOM weights (--random-init): "
+    "for benchmarks and smoke tests only, the prediction means nothing clinically"
+)
+
 
 @dataclass(frozen=True)
 class TrainedAggregator:
@@ -76,11 +81,11 @@ def check_compatible(
             path,
         )
     trained = run.card.features_model
-    for key in ("name", "sha256"):
+    for key in ("name", "sha256", "random_init", "weights_sha256"):
         if key in trained and key in ident and trained[key] != ident[key]:
             raise InvalidInputError(
-                f"features made by embedding model {key} {ident[key]!r}, "
-                f"the aggregator was trained on {trained[key]!r}",
+                f"features made with embedding model {key} {ident[key]!r}, "
+                f"the aggregator was trained on {trained[key]!r}; embed with the same model",
                 path,
             )
 
@@ -108,8 +113,11 @@ def predict_bag(run: TrainedAggregator, bag: SlideBag) -> tuple[dict[str, Any], 
             "sha256": run.card.sha256,
         },
         "features_model": dict(run.card.features_model),
+        "random_init": run.card.features_model.get("random_init") == "true",
         "wsi_ai_version": __version__,
     }
+    if record["random_init"]:
+        record["warning"] = RANDOM_WARNING
     table = pd.DataFrame(bag.coords, columns=["x", "y", "width", "height"])
     patch_prob = softmax(out.patch_logits.double().numpy())
     for c, name in enumerate(classes):
