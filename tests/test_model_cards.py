@@ -148,7 +148,7 @@ def test_every_card_parses_and_its_kwargs_resolve() -> None:
         assert card.path is not None and card.path.stem == card.name
     from timm.layers import SwiGLUPacked
 
-    for name in ("uni2-h", "virchow2"):
+    for name in ("uni2-h", "virchow2", "prov-gigapath", "h-optimus-0"):
         kwargs = cards[name].timm_kwargs()
         assert kwargs["mlp_layer"] is SwiGLUPacked and kwargs["act_layer"] is torch.nn.SiLU
     assert cards["h-optimus-0"].mean == (0.707223, 0.578729, 0.703617)

@@ -37,6 +37,14 @@ def _device(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
+def _sha256(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        raise click.BadParameter("use the 64 hex digits of the weights file's sha256")
+    return value.lower()
+
+
 def _batch_size(ctx: click.Context, param: click.Parameter, value: str) -> int | None:
     if value == "auto":
         return None
@@ -76,6 +84,13 @@ def _engine_options(func: F) -> F:
             type=click.Path(dir_okay=False, path_type=Path),
             default=None,
             help="The weights file (default: the card's `weights`).",
+        ),
+        click.option(
+            "--sha256",
+            metavar="HEX",
+            default=None,
+            callback=_sha256,
+            help="Check the weights file against this sha256; refused on mismatch.",
         ),
         click.option(
             "--random-init",
@@ -137,10 +152,29 @@ def _engine_options(func: F) -> F:
     )
 
 
+def _weights_label(config: Any) -> str:
+    """Which weights a run used, for its summary lines."""
+    if config.random_init:
+        return "RANDOM weights (--random-init)"
+    if config.weights is not None:
+        return f"weights {config.weights}"
+    from wsi_ai.nn.cards import find_card
+
+    try:
+        card_weights = find_card(config.model).weights
+    except WsiAiError:  # already reported by the run; keep the summary going
+        card_weights = None
+    return "weights from the card" if card_weights is None else f"weights {card_weights}"
+
+
 def _run(slides: tuple[Path, ...], out: Path, outputs: tuple[str, ...], **opts: Any) -> None:
     from wsi_ai.engine import EngineConfig
     from wsi_ai.engine.graph import run_slides
 
+    if opts["sha256"] is not None and opts["random_init"]:
+        raise click.UsageError(
+            "--sha256 checks a weights file; --random-init uses none: give one of them"
+        )
     as_json = opts.pop("as_json")
     scheduler = opts.pop("scheduler")
     overwrite = opts.pop("overwrite")
@@ -149,6 +183,7 @@ def _run(slides: tuple[Path, ...], out: Path, outputs: tuple[str, ...], **opts: 
         model=opts["model"],
         weights=opts["weights"],
         random_init=opts["random_init"],
+        sha256=opts["sha256"],
         device=opts["device"],
         batch_size=opts["batch_size"],
         mpp=opts["mpp"],
@@ -178,7 +213,7 @@ def _run(slides: tuple[Path, ...], out: Path, outputs: tuple[str, ...], **opts: 
             raise
         error_line(str(err))
         raise SystemExit(1) from err
-    weights = "RANDOM weights (--random-init)" if config.random_init else "weights from the card"
+    weights = _weights_label(config)
     for result in results:
         if result.error is not None:
             error_line(result.error)

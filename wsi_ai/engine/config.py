@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ __all__ = ["DEVICES", "OUTPUTS", "PRECISIONS", "EngineConfig", "SlideResult"]
 OUTPUTS = ("embeddings", "scores")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
 @dataclass(frozen=True)
@@ -22,12 +24,15 @@ class EngineConfig:
     ``tissue``); ``slide_mpp`` is the slide's own level-0 µm/px for files that lack it.
     ``batch_size=None`` picks one: the largest power of two that fits half the free GPU
     memory (at most 512), or 32 on a CPU. ``precision="auto"`` is bf16 where the device
-    supports it (else fp16 on a GPU, fp32 on a CPU), run under autocast.
+    supports it (else fp16 on a GPU, fp32 on a CPU), run under autocast. ``sha256``
+    (64 hex digits, kept lower-case) is checked against the weights file, which is
+    refused on a mismatch; it wins over the card's.
     """
 
     model: str | Path  # card name or path
     weights: Path | None = None
     random_init: bool = False
+    sha256: str | None = None  # of the weights file, checked when given
     device: str = "auto"  # auto|cpu|cuda|cuda:N
     batch_size: int | None = None  # None = automatic
     mpp: float | None = None  # None = the card's MPP
@@ -53,6 +58,12 @@ class EngineConfig:
             raise ValueError(f"min_tissue must be in [0, 1], got {self.min_tissue}")
         if self.read_threads < 1:
             raise ValueError("read_threads must be at least 1")
+        if self.sha256 is not None:
+            if not _SHA256.fullmatch(self.sha256):
+                raise ValueError(f"sha256 must be 64 hex digits, got {self.sha256!r}")
+            if self.random_init:
+                raise ValueError("sha256 checks a weights file; random_init uses none")
+            object.__setattr__(self, "sha256", self.sha256.lower())  # frozen: set once here
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready parameters (paths as strings, outputs as a list)."""

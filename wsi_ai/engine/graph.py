@@ -50,7 +50,7 @@ import torch
 from wsi_ai.engine.config import EngineConfig, SlideResult
 from wsi_ai.engine.embed import PreparedSlide, failure_message, prepare_slide, run_prepared
 from wsi_ai.engine.features import features_path
-from wsi_ai.engine.runner import InferenceModel, load_model, resolve_device
+from wsi_ai.engine.runner import InferenceModel, load_model, normalise_device
 from wsi_ai.errors import ModelError, OutputExistsError
 from wsi_ai.nn.cards import ModelCard, find_card
 from wsi_ai.outputs import check_output
@@ -87,21 +87,31 @@ def _model_key(config: EngineConfig) -> EngineConfig:
 
 
 @functools.lru_cache(maxsize=1)
-def _cached_model(key: EngineConfig, device: str) -> InferenceModel:
+def _load_cached(key: EngineConfig, device: str) -> InferenceModel:
     return load_model(key, device=device)
 
 
+def _cached_model(key: EngineConfig, device: str) -> InferenceModel:
+    """The model for ``key`` on ``device``, built once per process and kept.
+
+    The device is normalised first (``cuda`` and ``auto`` are ``cuda:N``), so spellings
+    of one device share the cache entry instead of loading the weights twice.
+    """
+    return _load_cached(key, normalise_device(device))
+
+
 def _worker_device(config: EngineConfig) -> str:
-    """This worker's device: its own GPU on a multi-GPU node, else the config's."""
+    """This worker's device (``cpu`` or ``cuda:N``): its own GPU on a multi-GPU node,
+    else the config's."""
     if config.device != "auto" or not torch.cuda.is_available():
-        return str(resolve_device(config.device))
+        return normalise_device(config.device)
     count = torch.cuda.device_count()
     try:
         from distributed import get_worker
 
         worker = get_worker()
-    except (ImportError, ValueError):
-        return "cuda:0"
+    except (ImportError, ValueError):  # not on a Dask worker: this process's GPU
+        return normalise_device("auto")
     name = str(worker.name)
     digits = re.search(r"(\d+)$", name)
     index = (int(digits.group(1)) if digits and name != worker.address else 0) % count
@@ -131,8 +141,10 @@ def _run_task(
     overwrite: bool,
     raise_errors: bool = False,
     device_lock: AbstractContextManager[Any] | None = None,
+    device: str | None = None,
 ) -> SlideResult:
-    """Graph node 2: patch table -> batches -> model -> store, on this worker's device.
+    """Graph node 2: patch table -> batches -> model -> store, on ``device`` (``None``:
+    this worker's, see :func:`_worker_device`).
 
     The model is built once per worker process and kept for the slides that follow.
     """
@@ -141,7 +153,8 @@ def _run_task(
     path, start = prepared.slide, time.perf_counter()
     try:
         with device_lock or nullcontext():
-            model = _cached_model(_model_key(config), _worker_device(config))
+            where = device if device is not None else _worker_device(config)
+            model = _cached_model(_model_key(config), where)
             if model.card.card_hash != card_hash:
                 raise ModelError(
                     f"the model card {config.model} differs on this worker (hash "
@@ -239,8 +252,9 @@ def run_slides(
         config, card.card_hash, config.mpp or card.mpp, config.size or card.input_size, overwrite
     )
     if kind == "threads" and todo:
-        _cached_model(_model_key(config), str(resolve_device(config.device)))  # fail early
-        results.update(_run_threads(todo, job, tick, raise_errors))
+        device = _worker_device(config)  # resolved once: the run nodes use the same model
+        _cached_model(_model_key(config), device)  # fail early
+        results.update(_run_threads(todo, job, tick, raise_errors, device))
     elif todo:
         with _client(kind, scheduler, workers, gpus) as client:
             results.update(_run_distributed(client, todo, job, tick))
@@ -261,13 +275,21 @@ def _run_threads(
     job: _Job,
     tick: Callable[[], None],
     raise_errors: bool,
+    device: str,
 ) -> dict[int, SlideResult]:
-    """Two threads: one prepares the next slide while the other runs the model."""
+    """Two threads: one prepares the next slide while the other runs the model on ``device``."""
     device_lock = threading.Lock()  # one slide at a time on the device
 
     def run(prepared: PreparedSlide | SlideResult, out: Path) -> SlideResult:
         result = _run_task(
-            prepared, str(out), job.config, job.card_hash, job.overwrite, raise_errors, device_lock
+            prepared,
+            str(out),
+            job.config,
+            job.card_hash,
+            job.overwrite,
+            raise_errors,
+            device_lock,
+            device,
         )
         tick()
         return result

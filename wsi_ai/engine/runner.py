@@ -35,6 +35,7 @@ __all__ = [
     "auto_batch_size",
     "cpu_supports_bf16",
     "load_model",
+    "normalise_device",
     "resolve_device",
     "resolve_precision",
     "run_batches",
@@ -61,6 +62,23 @@ def resolve_device(name: str = "auto") -> torch.device:
         if index >= torch.cuda.device_count():
             raise ModelError(f"device {name!r}: only {torch.cuda.device_count()} GPU(s) visible")
     return device
+
+
+def normalise_device(name: str = "auto") -> str:
+    """One spelling per device: ``cpu`` or ``cuda:N``, for keys that must match.
+
+    ``auto`` and ``cuda`` become ``cuda:N`` with *N* the current CUDA device (``auto`` is
+    ``cpu`` without a GPU), so equivalent spellings name the same cached model.
+    """
+    device = resolve_device(name)
+    if device.type == "cuda" and device.index is None:
+        return f"cuda:{torch.cuda.current_device()}"
+    return str(device)
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is a device (or allocator) out-of-memory error."""
+    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
 def cpu_supports_bf16() -> bool:
@@ -154,19 +172,39 @@ class InferenceModel:
         scores = None if logits is None else torch.softmax(logits.float(), dim=1)
         return (emb.to(torch.float16) if self.embeddings else None), scores
 
+    def _out_of_memory(self, pixels: torch.Tensor, err: BaseException) -> ModelError:
+        card = self.card
+        return ModelError(
+            f"card {card.name!r}: out of memory on {self.device} running batches of "
+            f"{len(pixels)} patches of {self.size} px ({' '.join(str(err).split())[:160]}); "
+            "use a smaller --batch-size",
+            card.path,
+        )
+
     @torch.no_grad()
     def __call__(self, pixels: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """uint8 ``[B, H, W, 3]`` on ``device`` -> (float16 embeddings, float32 scores)."""
         if self._checked:
-            return self._run(pixels)
+            try:
+                return self._run(pixels)
+            except RuntimeError as err:  # torch.cuda.OutOfMemoryError is one
+                if is_out_of_memory(err):
+                    raise self._out_of_memory(pixels, err) from err
+                raise
         card = self.card
         try:
             emb, scores = self._run(pixels)
         except (RuntimeError, AssertionError, ValueError) as err:
+            if is_out_of_memory(err):
+                raise self._out_of_memory(pixels, err) from err
+            hint = (
+                f"; use the card's input size ({card.input_size} px)"
+                if self.size != card.input_size
+                else ""
+            )
             raise ModelError(
                 f"card {card.name!r}: {card.architecture} failed on {self.size} px patches "
-                f"({type(err).__name__}: {str(err)[:200]}); use the card's input size "
-                f"({card.input_size} px)",
+                f"({type(err).__name__}: {' '.join(str(err).split())[:200]}){hint}",
                 card.path,
             ) from err
         if scores is not None and scores.shape[1] != len(card.classes):
@@ -218,7 +256,11 @@ def load_model(
         card = find_card(config.model)
         target = resolve_device(config.device) if device is None else torch.device(device)
         backbone = build_backbone(
-            card, config.weights, random_init=config.random_init, device="cpu"
+            card,
+            config.weights,
+            random_init=config.random_init,
+            device="cpu",
+            sha256=config.sha256,
         )
     else:
         card = backbone.card

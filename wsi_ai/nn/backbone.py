@@ -162,13 +162,18 @@ class Backbone(nn.Module):
         return torch.cat([cls, patches], dim=1)
 
     def provenance(self) -> dict[str, Any]:
-        """What every output written from this backbone must record."""
+        """What every output written from this backbone must record.
+
+        ``weights_sha256`` identifies the weights file (``None`` for random weights);
+        ``weights_sha256_checked`` says whether it was checked against an expected one.
+        """
         return {
             "model": self.card.name,
             "card_hash": self.card.card_hash,
             "architecture": self.card.architecture,
             "weights": None if self.weights is None else str(self.weights),
             "weights_sha256": None if self.report is None else self.report.sha256,
+            "weights_sha256_checked": self.report is not None and self.report.sha256_checked,
             "random_init": self.random_init,
         }
 
@@ -185,8 +190,9 @@ def build_backbone(
     """Build the card's network and load its local weights (or random ones).
 
     ``weights`` defaults to the card's ``weights``; ``sha256`` (else the card's) is
-    checked when given. ``random_init=True`` uses seeded random weights instead and
-    marks the backbone as such. Raises :class:`ModelError` for a missing or
+    checked when given, and the file's sha256 is recorded in :meth:`Backbone.provenance`
+    either way (the file is hashed once). ``random_init=True`` uses seeded random
+    weights instead and marks the backbone as such. Raises :class:`ModelError` for a missing or
     mismatching file, a wrong sha256, or a card whose readout does not fit.
     """
     if random_init and weights is not None:
@@ -221,7 +227,7 @@ def build_backbone(
         tensors = itertools.chain(model.parameters(), model.buffers())
         if any(t.is_meta for t in tensors):  # non-persistent buffers: build for real
             model = create_architecture(card, device="cpu")
-            report = load_weights(model, card, path, sha256)
+            report = load_weights(model, card, path, sha256, digest=report.sha256)
     model = model.to(device).eval().requires_grad_(False)
     backbone = Backbone(
         model,

@@ -169,7 +169,8 @@ class LoadReport:
     missing: tuple[str, ...] = ()
     unexpected: tuple[str, ...] = ()
     mismatched: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...] = ()
-    sha256: str | None = None  # set when the file was checked against one
+    sha256: str | None = None  # the file's sha256 (set by load_weights)
+    sha256_checked: bool = False  # whether it was checked against an expected one
 
     @property
     def ok(self) -> bool:
@@ -220,9 +221,15 @@ def compare_state_dict(
     )
 
 
-def verify_sha256(path: Path, expected: str, card: ModelCard | None = None) -> str:
-    """Raise :class:`ModelError` unless the file's sha256 is ``expected``."""
-    actual = file_sha256(path)
+def verify_sha256(
+    path: Path, expected: str, card: ModelCard | None = None, actual: str | None = None
+) -> str:
+    """Raise :class:`ModelError` unless the file's sha256 is ``expected``.
+
+    ``card`` names where ``expected`` came from (else "the given sha256"); ``actual`` is
+    the file's sha256 when already computed, so a GB file is not read twice.
+    """
+    actual = file_sha256(path) if actual is None else actual.lower()
     if actual != expected.lower():
         source = f"card {card.name!r}" if card is not None else "the given sha256"
         raise ModelError(
@@ -234,14 +241,21 @@ def verify_sha256(path: Path, expected: str, card: ModelCard | None = None) -> s
 
 
 def load_weights(
-    model: nn.Module, card: ModelCard, path: str | Path, sha256: str | None = None
+    model: nn.Module,
+    card: ModelCard,
+    path: str | Path,
+    sha256: str | None = None,
+    *,
+    digest: str | None = None,
 ) -> LoadReport:
     """Check, read, map and load a local weights file into ``model`` (strict).
 
-    ``sha256`` (else the card's) is verified first when given. A model on the meta
-    device takes the file's tensors in place (no copy); otherwise they are copied in.
-    Tensors are cast to the model's dtype. Raises :class:`ModelError` naming the file
-    and what differs.
+    The file is hashed once: its sha256 is verified against ``sha256`` (else the card's)
+    when one is given, and recorded in the report either way (``digest``: the file's
+    sha256 already computed, e.g. by an earlier load of the same file, so it is not
+    read again). A model on the meta device takes the file's tensors in place (no
+    copy); otherwise they are copied in. Tensors are cast to the model's dtype. Raises
+    :class:`ModelError` naming the file and what differs.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -251,7 +265,10 @@ def load_weights(
             path,
         )
     expected_sha = sha256 or card.sha256
-    checked = verify_sha256(path, expected_sha, card) if expected_sha else None
+    if expected_sha:  # name the card only when the expected sha256 is the card's
+        actual = verify_sha256(path, expected_sha, None if sha256 else card, digest)
+    else:
+        actual = file_sha256(path) if digest is None else digest.lower()
     raw, fmt = read_state_dict(path)
     if fmt != card.weights_format:
         log.info("%s: read as %s (card %s says %s)", path, fmt, card.name, card.weights_format)
@@ -268,4 +285,10 @@ def load_weights(
     on_meta = any(t.is_meta for t in targets.values())
     cast = {k: v.to(targets[k].dtype) if v.is_floating_point() else v for k, v in state.items()}
     model.load_state_dict(cast, strict=True, assign=on_meta)
-    return LoadReport(path=path, format=fmt, n_tensors=report.n_tensors, sha256=checked)
+    return LoadReport(
+        path=path,
+        format=fmt,
+        n_tensors=report.n_tensors,
+        sha256=actual,
+        sha256_checked=bool(expected_sha),
+    )
