@@ -272,3 +272,20 @@ def test_convert_bad_inputs(tmp_path: Path) -> None:
     assert code == 1 and "unknown annotation format" in one_error_line(err)
     code, _, err = run("annotations", "convert", other, "-o", tmp_path / "x.csv")
     assert code == 1 and ".geojson" in one_error_line(err)
+
+
+def test_prediction_attention_is_not_a_class_unless_asked(tmp_path: Path) -> None:
+    """A `wsi-ai predict` table: the argmax is over the classes; `--column attention` maps
+    where the aggregator looked."""
+    from wsi_ai.stitch.maps import score_columns
+
+    xy = np.arange(4) * 224
+    table = pd.DataFrame({"x": xy, "y": 0, "width": 224, "height": 224})
+    table["neg"], table["pos"] = [0.9, 0.2, 0.8, 0.1], [0.1, 0.8, 0.2, 0.9]
+    table["attention"] = [0.1, 0.4, 0.1, 0.4]
+    src = tmp_path / "s.patch_scores.csv"
+    assert score_columns(table, (), src) == ["neg", "pos"]
+    assert score_columns(table, ("attention",), src) == ["attention"]
+    assert score_columns(table[["x", "y", "width", "height", "attention"]], (), src) == [
+        "attention"
+    ]

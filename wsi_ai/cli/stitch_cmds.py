@@ -142,7 +142,10 @@ def score_he(
     "--column",
     "columns",
     multiple=True,
-    help="Score column(s); default all. One: threshold regions; several: per-class argmax.",
+    help=(
+        "Score column(s); default all (a prediction's attention only when named). "
+        "One: threshold regions; several: per-class argmax."
+    ),
 )
 @click.option(
     "--downsample",

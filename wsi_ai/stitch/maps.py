@@ -98,8 +98,15 @@ def load_scores(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     return read_table(path)
 
 
+ATTENTION = "attention"  # `wsi-ai predict`: where the aggregator looked, not a class
+
+
 def score_columns(table: pd.DataFrame, wanted: tuple[str, ...], source: Path) -> list[str]:
-    """The columns to stitch: ``wanted``, or every numeric column that is not geometry."""
+    """The columns to stitch: ``wanted``, or every numeric column that is not geometry.
+
+    By default a prediction table's ``attention`` column is left out when class columns are
+    there (it is not a class, and would take part in the argmax); ``--column attention``
+    stitches it."""
     numeric = [str(c) for c in table.columns if pd.api.types.is_numeric_dtype(table[c])]
     # "Unnamed: 0" is a CSV written with its pandas index: not a score
     available = [c for c in numeric if c not in RESERVED and not c.startswith("Unnamed: ")]
@@ -121,7 +128,8 @@ def score_columns(table: pd.DataFrame, wanted: tuple[str, ...], source: Path) ->
             "tissue_fraction; run `wsi-ai score-he` or a model first",
             source,
         )
-    return available
+    classes = [c for c in available if c != ATTENTION]
+    return classes if classes else available
 
 
 def provenance(slide_path: Path, params: dict[str, Any]) -> dict[str, Any]:
