@@ -38,11 +38,14 @@ def _device(ctx: click.Context, param: click.Parameter, value: str) -> str:
 
 
 def _sha256(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from wsi_ai.engine.config import normalise_sha256  # stdlib only: --help stays fast
+
     if value is None:
         return None
-    if not re.fullmatch(r"[0-9a-fA-F]{64}", value):
-        raise click.BadParameter("use the 64 hex digits of the weights file's sha256")
-    return value.lower()
+    try:
+        return normalise_sha256(value)
+    except ValueError as err:
+        raise click.BadParameter("use the 64 hex digits of the weights file's sha256") from err
 
 
 def _batch_size(ctx: click.Context, param: click.Parameter, value: str) -> int | None:

@@ -15,6 +15,13 @@ DEVICES = ("auto", "cpu", "cuda")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
+def normalise_sha256(value: str) -> str:
+    """A sha256 as 64 lower-case hex digits; ``ValueError`` for anything else."""
+    if not _SHA256.fullmatch(value):
+        raise ValueError(f"sha256 must be 64 hex digits, got {value!r}")
+    return value.lower()
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """One inference run: which model, at which resolution, on which device.
@@ -59,11 +66,10 @@ class EngineConfig:
         if self.read_threads < 1:
             raise ValueError("read_threads must be at least 1")
         if self.sha256 is not None:
-            if not _SHA256.fullmatch(self.sha256):
-                raise ValueError(f"sha256 must be 64 hex digits, got {self.sha256!r}")
             if self.random_init:
                 raise ValueError("sha256 checks a weights file; random_init uses none")
-            object.__setattr__(self, "sha256", self.sha256.lower())  # frozen: set once here
+            # frozen: set once here
+            object.__setattr__(self, "sha256", normalise_sha256(self.sha256))
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready parameters (paths as strings, outputs as a list)."""
