@@ -17,8 +17,8 @@ every positive slide (``predict_store``). Reported against the targets:
 Reference measured in the same run: the gated-attention ABMIL baseline trained on the same
 features, with its OOF AUC and the ViT/ABMIL training-time ratio.
 
-The default backbone is a random-init ResNet-18 whose card is written next to the outputs
-(``small_card``); ``--model`` takes any card name or path.
+The default backbone is the ``resnet18`` card with random weights; ``--model`` takes any
+card name or path (always run with ``random_init``).
 
 The CI-scale run is ``tests/test_proof_of_learning.py`` (80 slides of ~3,000 px); the full
 scale is the default here (80 slides of ~6,000 px, about four times the patches):
@@ -55,32 +55,6 @@ from wsi_ai.train import TrainConfig, load_run, predict_store, train_run
 TARGET_OOF_AUC = 0.9
 TARGET_LOCALISATION_AUC = 0.8
 VIT = {"width": 64, "depth": 1, "heads": 1, "dropout": 0.0}
-
-SMALL_CARD = """\
-# A generic ResNet-18 for proof-of-learning runs with random weights (random_init).
-name = "resnet18-random"
-description = "ResNet-18 (timm), global average pooled features; used with random weights"
-architecture = "resnet18"
-input_size = 224
-mpp = 0.5
-mean = [0.485, 0.456, 0.406]
-std = [0.229, 0.224, 0.225]
-readout = "pooled"
-embed_dim = 512
-weights_format = "safetensors"
-key_mapping = "timm"
-
-[kwargs]
-num_classes = 0
-"""
-
-
-def small_card(folder: Path) -> Path:
-    """Write the ResNet-18 card (for ``random_init`` runs) into ``folder``; its path."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "resnet18-random.toml"
-    path.write_text(SMALL_CARD, encoding="utf-8")
-    return path
 
 
 def train_config(
@@ -194,7 +168,7 @@ def run_proof(
     *,
     slides: int = 80,
     size: int = 3000,
-    model: str | None = None,
+    model: str = "resnet18",
     mpp: float = 0.5,
     patch: int = 112,
     epochs: int = 30,
@@ -215,9 +189,8 @@ def run_proof(
     patch_px = round(patch * mpp / 0.5)  # level-0 px of a patch on the 0.5 µm/px cohort
     cohort = make_cohort(out / "cohort", slides, size, seed=seed, patch_px=patch_px)
     times["cohort"] = time.perf_counter() - t0
-    card = model or str(small_card(out))
     config = EngineConfig(
-        model=card, random_init=True, device=device, mpp=mpp, size=patch,
+        model=model, random_init=True, device=device, mpp=mpp, size=patch,
         tissue=True, min_tissue=0.5, outputs=("embeddings",),
     )  # fmt: skip
     t0 = time.perf_counter()
@@ -244,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("out", type=Path, help="work folder (cohort, features, runs); replaced")
     p.add_argument("--slides", type=int, default=80)
     p.add_argument("--size", type=int, default=6000, help="nominal slide side, level-0 px")
-    p.add_argument("--model", help="card name or path (default: a random-init ResNet-18)")
+    p.add_argument("--model", default="resnet18", help="card name or path (random weights)")
     p.add_argument("--mpp", type=float, default=0.5, help="patch resolution, µm/px")
     p.add_argument("--patch", type=int, default=112, help="patch side, px")
     p.add_argument("--epochs", type=int, default=30)
@@ -262,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     times, proof = run.times, run.proof
     print(
         f"{len(run.cohort.slides)} slides of ~{args.size} px, {run.patches} patches of "
-        f"{args.patch} px at {args.mpp} µm/px, backbone {Path(args.model or 'resnet18').stem} "
+        f"{args.patch} px at {args.mpp} µm/px, backbone {Path(args.model).stem} "
         "(random init)"
     )
     print(f"ViT: {proof.summary()}")

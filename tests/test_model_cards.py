@@ -30,6 +30,7 @@ from wsi_ai.nn.cards import canonical_hash, find_card, list_cards, load_card
 from wsi_ai.nn.weights import compare_state_dict, load_weights
 
 ALL_CARDS = {
+    "resnet18",
     "resnet50",
     "vit_small_patch16_224",
     "vit_base_patch16_224",
@@ -40,7 +41,7 @@ ALL_CARDS = {
     "h-optimus-0",
     "phikon-v2",
 }
-SMALL = ["resnet50", "vit_small_patch16_224", "vit_base_patch16_224"]
+SMALL = ["resnet18", "resnet50", "vit_small_patch16_224", "vit_base_patch16_224"]
 MEDIUM = ["uni", "phikon-v2", "virchow2", "uni2-h"]  # 0.3-0.7 B parameters
 
 # --- helpers ---------------------------------------------------------------------------
