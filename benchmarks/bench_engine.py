@@ -115,13 +115,12 @@ def read_only_rate(
 ) -> float:
     """Patches/s of the read threads alone (decode, assemble, resize into the batch buffers)."""
     from wsi_ai.slide import open_slide
-    from wsi_ai.tiling import grid
-    from wsi_ai.tissue import detect_tissue
+    from wsi_ai.tiling import GridConfig, plan_patches
+    from wsi_ai.tissue import TissueConfig
 
     with open_slide(slide_path) as slide:
-        full = grid(
-            slide, mpp=config.mpp or model.card.mpp, size=model.size, tissue=detect_tissue(slide)
-        )
+        grid = GridConfig(mpp=config.mpp or model.card.mpp, size=model.size)
+        full = plan_patches(slide, TissueConfig(), grid)
         table = full.table if cap is None else full.table.head(cap)
         batches = PatchBatches(
             slide,

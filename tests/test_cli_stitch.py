@@ -18,9 +18,9 @@ from shapely.geometry import Polygon, box
 
 from wsi_ai.annotations import Annotation, read_asap_xml, read_qupath_geojson
 from wsi_ai.cli import main
-from wsi_ai.engine.features import write_features
 from wsi_ai.export.geojson import write_geojson
 from wsi_ai.slide import open_slide
+from wsi_ai.store import write_features
 
 CMU_MPP = 0.499
 
@@ -277,7 +277,7 @@ def test_convert_bad_inputs(tmp_path: Path) -> None:
 def test_prediction_attention_is_not_a_class_unless_asked(tmp_path: Path) -> None:
     """A `wsi-ai predict` table: the argmax is over the classes; `--column attention` maps
     where the aggregator looked."""
-    from wsi_ai.stitch.maps import score_columns
+    from wsi_ai.store import score_columns
 
     xy = np.arange(4) * 224
     table = pd.DataFrame({"x": xy, "y": 0, "width": 224, "height": 224})

@@ -14,14 +14,14 @@ import torch
 from click.testing import CliRunner
 
 from wsi_ai.cli.engine_cmds import embed, score
-from wsi_ai.engine import EngineConfig, FeaturesWriter, embed_slide, read_features, run_slides
-from wsi_ai.engine.features import write_features
+from wsi_ai.engine import EngineConfig, FeaturesWriter, embed_slide, run_slides
 from wsi_ai.engine.graph import parse_scheduler
 from wsi_ai.engine.loader import PatchReader
 from wsi_ai.engine.runner import InferenceModel
 from wsi_ai.nn.backbone import build_backbone
 from wsi_ai.nn.cards import find_card
 from wsi_ai.slide import open_slide
+from wsi_ai.store import read_features, write_features
 from wsi_ai.tiling import grid, read_patch
 from wsi_ai.tissue import detect_tissue
 

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from tests.test_engine import error_lines, run, tiny_card
 from wsi_ai.cli.engine_cmds import embed
-from wsi_ai.engine import EngineConfig, read_features, run_slides
+from wsi_ai.engine import EngineConfig, run_slides
 from wsi_ai.engine import graph as engine_graph
 from wsi_ai.engine.runner import InferenceModel, load_model, normalise_device
 from wsi_ai.errors import ModelError
@@ -22,6 +22,7 @@ from wsi_ai.nn import weights as weights_module
 from wsi_ai.nn.backbone import build_backbone, create_architecture
 from wsi_ai.nn.cards import load_card
 from wsi_ai.nn.weights import file_sha256, load_weights
+from wsi_ai.store import read_features
 
 STORE = "CMU-1-Small-Region.zarr"
 
@@ -79,13 +80,13 @@ def test_equivalent_device_spellings_load_the_model_once(
         return object()
 
     monkeypatch.setattr(engine_graph, "load_model", fake_load)
-    key = engine_graph._model_key(EngineConfig(model="resnet50", random_init=True))
-    models = {id(engine_graph._cached_model(key, d)) for d in ("cuda", "auto", "cuda:0")}
+    key = engine_graph.model_key(EngineConfig(model="resnet50", random_init=True))
+    models = {id(engine_graph.cached_model(key, d)) for d in ("cuda", "auto", "cuda:0")}
     assert loads == ["cuda:0"] and len(models) == 1
     # What the threads scheduler's early build and its run nodes ask for: the same key.
     for device in ("auto", "cuda", "cuda:0"):
         config = EngineConfig(model="resnet50", random_init=True, device=device)
-        assert engine_graph._worker_device(config) == "cuda:0"
+        assert engine_graph.worker_device(config) == "cuda:0"
 
 
 def test_run_slides_builds_the_model_once(

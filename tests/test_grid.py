@@ -11,7 +11,8 @@ import pytest
 
 from wsi_ai.errors import InvalidInputError, MissingMppError, OutputExistsError
 from wsi_ai.slide import open_slide
-from wsi_ai.tiling import grid, read_patch, read_table, write_table
+from wsi_ai.store import read_table, write_table
+from wsi_ai.tiling import grid, read_patch
 
 
 class HalfTissue:

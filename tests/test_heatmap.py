@@ -22,9 +22,9 @@ from wsi_ai.export.heatmap import (
     value_range,
     write_heatmap_ome_zarr,
 )
+from wsi_ai.score.he import hematoxylin_density, hematoxylin_map, patch_hematoxylin
 from wsi_ai.slide import open_slide
 from wsi_ai.stitch import Heatmap, stitch
-from wsi_ai.stitch.he_score import hematoxylin_density, hematoxylin_map, patch_hematoxylin
 
 
 def heatmap_of(canvas: np.ndarray, ds: float, slide_size: tuple[int, int]) -> Heatmap:

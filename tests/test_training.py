@@ -22,8 +22,8 @@ from sklearn.metrics import roc_auc_score
 
 from wsi_ai.cli.common import setup_logging
 from wsi_ai.cli.train_cmds import predict, train
-from wsi_ai.engine.features import write_features
 from wsi_ai.errors import InvalidInputError, ModelError
+from wsi_ai.store import write_features
 from wsi_ai.train import TrainConfig, load_run, train_run
 from wsi_ai.train.calibrate import fit_temperature
 from wsi_ai.train.data import load_dataset, make_folds

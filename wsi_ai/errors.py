@@ -53,3 +53,14 @@ class InvalidInputError(WsiAiError, ValueError):
 
 class ModelError(WsiAiError, ValueError):
     """A model card or its weights do not match."""
+
+
+def failure_message(label: str | Path, err: BaseException) -> str:
+    """One line for a failed input: our errors as they are (naming their file), anything else
+    as a bug to report."""
+    if isinstance(err, WsiAiError):
+        return str(err) if err.path is not None else f"{label}: {err}"
+    return (
+        f"{label}: unexpected {type(err).__name__}: {err} "
+        "(this is a bug in wsi-ai: please report it with --debug output)"
+    )

@@ -27,7 +27,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from wsi_ai.errors import WsiAiError
+from wsi_ai.errors import failure_message
 from wsi_ai.slide import Slide, open_slide
 
 T = TypeVar("T")
@@ -76,15 +76,6 @@ def error_line(message: str) -> None:
     click.echo(f"error: {' '.join(str(message).split())}", err=True)
 
 
-def describe_failure(label: str, err: BaseException) -> str:
-    if isinstance(err, WsiAiError):
-        return str(err)
-    return (
-        f"{label}: unexpected {type(err).__name__}: {err} "
-        "(this is a bug in wsi-ai: please report it with --debug output)"
-    )
-
-
 def run_each(
     items: Iterable[T],
     work: Callable[[T], None],
@@ -103,7 +94,7 @@ def run_each(
             if debug:
                 raise
             failed += 1
-            message = describe_failure(label(item), err)
+            message = failure_message(label(item), err)
             error_line(message)
             if on_error is not None:
                 on_error(item, message)

@@ -300,10 +300,10 @@ def tiles(
     Example:
       wsi-ai tiles CMU-1-Small-Region.svs --mpp 0.5 --size 224 -o grid.csv --preview grid.png
     """
-    from wsi_ai.tiling import grid, write_table
+    from wsi_ai.store import table_format, write_table
+    from wsi_ai.tiling import GridConfig, plan_patches
     from wsi_ai.tiling.preview import draw_grid, save_png
-    from wsi_ai.tiling.table import table_format
-    from wsi_ai.tissue import detect_tissue
+    from wsi_ai.tissue import TissueConfig
 
     if overlap >= size:
         raise click.BadParameter(f"must be smaller than --size ({size})", param_hint="--overlap")
@@ -311,34 +311,18 @@ def tiles(
         table_format(out)
     except InvalidInputError as err:
         raise click.BadParameter(err.reason, param_hint="-o/--out") from err
+    plan = GridConfig(
+        mpp=mpp,
+        size=size,
+        overlap=overlap,
+        min_tissue=min_tissue,
+        edge=cast("EdgeMode", edge),
+    )
 
     def one(path: Path) -> None:
         prepare_outputs([out, preview], overwrite)
         with open_for_cli(path, slide_mpp) as s:
-            s.require_mpp()
-            mask = None if no_tissue else detect_tissue(s)
-            patches = grid(
-                s,
-                mpp=mpp,
-                size=size,
-                overlap=overlap,
-                tissue=mask,
-                min_tissue=min_tissue,
-                edge=cast("EdgeMode", edge),
-            )
-            if len(patches) == 0:
-                side = round(size * mpp / s.require_mpp())
-                if no_tissue or side > min(s.dimensions):
-                    why = (
-                        f"a {size} px patch at {mpp:g} µm/px is {side} level-0 px, larger than "
-                        f"the slide ({s.dimensions[0]} x {s.dimensions[1]}); lower --size or --mpp"
-                    )
-                else:
-                    why = (
-                        f"no patch has at least {min_tissue:.0%} tissue; lower --min-tissue, "
-                        "or pass --no-tissue"
-                    )
-                raise InvalidInputError(why, path)
+            patches = plan_patches(s, TissueConfig(enabled=not no_tissue), plan)
             write_table(patches.table, out, meta=patches.spec.as_dict(), overwrite=overwrite)
             if preview is not None:
                 save_png(draw_grid(s, patches), preview, overwrite=overwrite)

@@ -26,13 +26,20 @@ from wsi_ai.cli.common import (
     slide_mpp_option,
 )
 from wsi_ai.errors import InvalidInputError
-from wsi_ai.outputs import check_output
+from wsi_ai.outputs import atomic_output, check_output
 
 GEOJSON_SUFFIXES = (".geojson", ".geojson.gz", ".json", ".json.gz")
 
 
 def _warn(message: str) -> None:
     click.echo(f"warning: {' '.join(message.split())}", err=True)
+
+
+def _forget_empty_folder(path: Path) -> None:
+    """An empty folder made beforehand (``mkdir maps``) holds nothing to protect: it is
+    removed, so the folder written in its place needs no ``--overwrite``."""
+    if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+        path.rmdir()
 
 
 @click.command("score-he")
@@ -82,10 +89,10 @@ def score_he(
       wsi-ai score-he CMU-1-Small-Region.svs -o scores.csv
       wsi-ai score-he slide.svs --patches grid.parquet --read-mpp 2 -o scores.parquet
     """
-    from wsi_ai.stitch.he_score import COLUMN, hematoxylin_density, score_params
-    from wsi_ai.tiling import grid, read_table, write_table
-    from wsi_ai.tiling.table import table_format
-    from wsi_ai.tissue import detect_tissue
+    from wsi_ai.score.he import COLUMN, hematoxylin_density, score_params
+    from wsi_ai.store import read_table, table_format, write_table
+    from wsi_ai.tiling import GridConfig, plan_patches
+    from wsi_ai.tissue import TissueConfig
 
     def one(path: Path) -> None:
         table_format(out)
@@ -93,16 +100,17 @@ def score_he(
         with open_for_cli(path, slide_mpp) as s:
             if patches is not None:
                 table, meta = read_table(patches)
+                if len(table) == 0:
+                    raise InvalidInputError(
+                        "the patch table has no rows: nothing to score", patches
+                    )
             else:
-                mask = None if no_tissue else detect_tissue(s)
-                made = grid(
-                    s, mpp=mpp, size=size, overlap=overlap, tissue=mask, min_tissue=min_tissue
+                made = plan_patches(
+                    s,
+                    TissueConfig(enabled=not no_tissue),
+                    GridConfig(mpp=mpp, size=size, overlap=overlap, min_tissue=min_tissue),
                 )
                 table, meta = made.table, made.spec.as_dict()
-            if len(table) == 0:
-                raise InvalidInputError(
-                    "no patch to score; lower --min-tissue or pass --no-tissue", path
-                )
             with progress_bar("score-he") as update:
                 scored = hematoxylin_density(
                     s,
@@ -237,7 +245,8 @@ def stitch(
     (thumbnail size, transparent where no patch), overlay.png (on the slide thumbnail, with
     a colorbar), regions.geojson (QuPath annotations with area, mean and max score) and
     heatmap.ome.zarr (in the slide's µm coordinates). PNGs show the first column that is not
-    an --ignore-class.
+    an --ignore-class. OUTDIR appears whole when complete; an existing one is replaced only
+    with --overwrite.
 
     \b
     Example:
@@ -251,7 +260,8 @@ def stitch(
         raise click.BadParameter(
             f"{threshold!r} is not a number or 'otsu'", param_hint="--threshold"
         ) from None
-    from wsi_ai.stitch.maps import MapOptions, load_scores, output_paths, score_columns, write_maps
+    from wsi_ai.export.maps import MapOptions, output_paths, write_maps
+    from wsi_ai.store import load_scores, score_columns
 
     options = MapOptions(
         downsample=downsample, blend=blend, threshold=fixed, min_score=min_score,  # type: ignore[arg-type]
@@ -261,8 +271,6 @@ def stitch(
     paths = output_paths(out, options)
 
     def one(source: Path) -> None:
-        for path in paths.values():
-            check_output(path, overwrite)
         table, _ = load_scores(source)
         names = score_columns(table, columns, source)
         finite = np.isfinite(table[names].to_numpy(np.float64)).all(axis=1)
@@ -271,8 +279,10 @@ def stitch(
             table = table[finite].reset_index(drop=True)
         if len(table) == 0:
             raise InvalidInputError("no patch with a finite score to stitch", source)
-        with open_for_cli(slide, slide_mpp) as s:
-            result = write_maps(s, table, names, paths, options, source=source, overwrite=overwrite)
+        _forget_empty_folder(out)
+        with atomic_output(out, overwrite) as tmp, open_for_cli(slide, slide_mpp) as s:
+            result = write_maps(s, table, names, tmp, options, source=source)
+        result["outputs"] = {k: str(v) for k, v in paths.items()}  # where they are now
         if result["repaired"] or result["dropped"]:
             _warn(
                 f"{paths['regions']}: {result['repaired']} polygon(s) repaired, "

@@ -6,10 +6,10 @@ card's hash and every parameter), one Dask task per slide, locally or on a clust
 Modules in order: :mod:`.config` (what to run), :mod:`.loader` (patch batches, read
 threads, prefetch), :mod:`.runner` (device, precision, batch size, the batch loop),
 :mod:`.writer` (streaming, atomic store writes), :mod:`.embed` (one slide),
-:mod:`.graph` (many slides, Dask), :mod:`.features` (reading the stores back).
+:mod:`.graph` (many slides, Dask). The store's format, and reading it back (what training
+and the stitcher do, without torch), is :mod:`wsi_ai.store.features`.
 
-The torch-backed names are imported on first use, so reading a features store (what
-training and the stitcher do) does not pay for importing torch and Dask.
+The torch-backed names are imported on first use, so ``EngineConfig`` costs no torch.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from wsi_ai.engine.config import EngineConfig, SlideResult
-from wsi_ai.engine.features import SlideFeatures, features_path, read_features, write_features
 
 if TYPE_CHECKING:
     from wsi_ai.engine.embed import embed_slide
@@ -43,14 +42,10 @@ __all__ = [
     "InferenceModel",
     "PatchBatches",
     "PatchReader",
-    "SlideFeatures",
     "SlideResult",
     "embed_slide",
-    "features_path",
     "load_model",
-    "read_features",
     "run_slides",
-    "write_features",
 ]
 
 

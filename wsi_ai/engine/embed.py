@@ -5,7 +5,7 @@ also schedules separately (so one slide's tissue detection overlaps another's in
 :func:`prepare_slide` opens the slide, finds the tissue and lays the card's patch grid over
 it (``mpp`` µm/px, ``size`` px); :func:`run_prepared` streams the patches through an
 :class:`~wsi_ai.engine.runner.InferenceModel` and writes ``OUT/<slide-stem>.zarr``
-(:mod:`wsi_ai.engine.features` format) under a temporary name, renamed into place when
+(:mod:`wsi_ai.store.features` format) under a temporary name, renamed into place when
 complete. Its attributes record the card's name and hash, the weights (or
 ``random_init``), the grid and every parameter.
 """
@@ -24,7 +24,7 @@ from wsi_ai.engine.config import EngineConfig, SlideResult
 from wsi_ai.engine.loader import PatchBatches
 from wsi_ai.engine.runner import InferenceModel, load_model, run_batches
 from wsi_ai.engine.writer import FeaturesWriter
-from wsi_ai.errors import InvalidInputError, WsiAiError
+from wsi_ai.errors import failure_message
 from wsi_ai.nn.backbone import Backbone
 from wsi_ai.outputs import check_output
 from wsi_ai.tiling import PatchGrid
@@ -32,23 +32,12 @@ from wsi_ai.tiling import PatchGrid
 __all__ = [
     "PreparedSlide",
     "embed_slide",
-    "failure_message",
     "prepare_slide",
     "run_prepared",
     "store_attributes",
 ]
 
 log = logging.getLogger(__name__)
-
-
-def failure_message(slide: Path, err: BaseException) -> str:
-    """One line for a failed slide: our errors as they are, anything else as a bug."""
-    if isinstance(err, WsiAiError):
-        return str(err) if err.path is not None else f"{slide}: {err}"
-    return (
-        f"{slide}: unexpected {type(err).__name__}: {err} "
-        "(this is a bug in wsi-ai: please report it with --debug output)"
-    )
 
 
 def store_attributes(
@@ -89,28 +78,19 @@ class PreparedSlide:
 def prepare_slide(slide_path: Path, config: EngineConfig, mpp: float, size: int) -> PreparedSlide:
     """Open the slide, find the tissue and lay ``size`` px patches at ``mpp`` µm/px over it.
 
-    Raises :class:`InvalidInputError` when no patch is left (no tissue, or a slide
-    smaller than one patch). The slide is closed again: the grid is all that travels.
+    Raises :class:`~wsi_ai.errors.InvalidInputError` when no patch is left (no tissue, or a
+    slide smaller than one patch; :func:`~wsi_ai.tiling.plan_patches` says which). The slide
+    is closed again: the grid is all that travels.
     """
     from wsi_ai.slide import open_slide
-    from wsi_ai.tiling import grid
-    from wsi_ai.tissue import detect_tissue
+    from wsi_ai.tiling import GridConfig, plan_patches
+    from wsi_ai.tissue import TissueConfig
 
     start = time.perf_counter()
+    tissue = TissueConfig(enabled=config.tissue)
+    grid = GridConfig(mpp=mpp, size=size, min_tissue=config.min_tissue)
     with open_slide(slide_path, mpp_override=config.slide_mpp) as slide:
-        slide.require_mpp()
-        mask = detect_tissue(slide) if config.tissue else None
-        patches = grid(slide, mpp=mpp, size=size, tissue=mask, min_tissue=config.min_tissue)
-    if len(patches) == 0 and config.tissue:
-        raise InvalidInputError(
-            f"no patch of {size} px at {mpp:g} µm/px has at least {config.min_tissue:.0%} "
-            "tissue; lower --min-tissue, or pass --no-tissue",
-            slide_path,
-        )
-    if len(patches) == 0:
-        raise InvalidInputError(
-            f"the slide is smaller than one patch of {size} px at {mpp:g} µm/px", slide_path
-        )
+        patches = plan_patches(slide, tissue, grid)
     log.info("%s: %d patches of %d px at %g µm/px", slide_path.name, len(patches), size, mpp)
     return PreparedSlide(slide_path, patches, time.perf_counter() - start)
 

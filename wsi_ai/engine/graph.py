@@ -48,14 +48,21 @@ import dask
 import torch
 
 from wsi_ai.engine.config import EngineConfig, SlideResult
-from wsi_ai.engine.embed import PreparedSlide, failure_message, prepare_slide, run_prepared
-from wsi_ai.engine.features import features_path
+from wsi_ai.engine.embed import PreparedSlide, prepare_slide, run_prepared
 from wsi_ai.engine.runner import InferenceModel, load_model, normalise_device
-from wsi_ai.errors import ModelError, OutputExistsError
+from wsi_ai.errors import ModelError, OutputExistsError, failure_message
 from wsi_ai.nn.cards import ModelCard, find_card
 from wsi_ai.outputs import check_output
+from wsi_ai.store.features import features_path
 
-__all__ = ["parse_scheduler", "run_slides"]
+__all__ = [
+    "cached_model",
+    "dask_client",
+    "model_key",
+    "parse_scheduler",
+    "run_slides",
+    "worker_device",
+]
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +88,7 @@ def parse_scheduler(scheduler: str | None) -> tuple[str, int | None]:
     )
 
 
-def _model_key(config: EngineConfig) -> EngineConfig:
+def model_key(config: EngineConfig) -> EngineConfig:
     """The config without what only concerns slides, so one model serves them all."""
     return replace(config, mpp=None, min_tissue=0.5, tissue=True, read_threads=2, slide_mpp=None)
 
@@ -91,7 +98,7 @@ def _load_cached(key: EngineConfig, device: str) -> InferenceModel:
     return load_model(key, device=device)
 
 
-def _cached_model(key: EngineConfig, device: str) -> InferenceModel:
+def cached_model(key: EngineConfig, device: str) -> InferenceModel:
     """The model for ``key`` on ``device``, built once per process and kept.
 
     The device is normalised first (``cuda`` and ``auto`` are ``cuda:N``), so spellings
@@ -100,7 +107,7 @@ def _cached_model(key: EngineConfig, device: str) -> InferenceModel:
     return _load_cached(key, normalise_device(device))
 
 
-def _worker_device(config: EngineConfig) -> str:
+def worker_device(config: EngineConfig) -> str:
     """This worker's device (``cpu`` or ``cuda:N``): its own GPU on a multi-GPU node,
     else the config's."""
     if config.device != "auto" or not torch.cuda.is_available():
@@ -144,7 +151,7 @@ def _run_task(
     device: str | None = None,
 ) -> SlideResult:
     """Graph node 2: patch table -> batches -> model -> store, on ``device`` (``None``:
-    this worker's, see :func:`_worker_device`).
+    this worker's, see :func:`worker_device`).
 
     The model is built once per worker process and kept for the slides that follow.
     """
@@ -153,8 +160,8 @@ def _run_task(
     path, start = prepared.slide, time.perf_counter()
     try:
         with device_lock or nullcontext():
-            where = device if device is not None else _worker_device(config)
-            model = _cached_model(_model_key(config), where)
+            where = device if device is not None else worker_device(config)
+            model = cached_model(model_key(config), where)
             if model.card.card_hash != card_hash:
                 raise ModelError(
                     f"the model card {config.model} differs on this worker (hash "
@@ -252,11 +259,11 @@ def run_slides(
         config, card.card_hash, config.mpp or card.mpp, config.size or card.input_size, overwrite
     )
     if kind == "threads" and todo:
-        device = _worker_device(config)  # resolved once: the run nodes use the same model
-        _cached_model(_model_key(config), device)  # fail early
+        device = worker_device(config)  # resolved once: the run nodes use the same model
+        cached_model(model_key(config), device)  # fail early
         results.update(_run_threads(todo, job, tick, raise_errors, device))
     elif todo:
-        with _client(kind, scheduler, workers, gpus) as client:
+        with dask_client(kind, scheduler, workers, gpus) as client:
             results.update(_run_distributed(client, todo, job, tick))
     return [results[i] for i in range(len(slides))]
 
@@ -306,7 +313,7 @@ def _run_threads(
 
 
 @contextmanager
-def _client(kind: str, address: str | None, workers: int | None, gpus: int) -> Iterator[Any]:
+def dask_client(kind: str, address: str | None, workers: int | None, gpus: int) -> Iterator[Any]:
     try:
         from distributed import Client, LocalCluster
     except ImportError as err:

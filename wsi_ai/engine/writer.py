@@ -1,4 +1,4 @@
-"""Streaming writes of a features store (the format of :mod:`wsi_ai.engine.features`).
+"""Streaming writes of a features store (the format of :mod:`wsi_ai.store.features`).
 
 :class:`FeaturesWriter` creates the store's arrays up front under a temporary name,
 takes embeddings and scores batch by batch in table order, and renames the store into
@@ -24,8 +24,8 @@ import pandas as pd
 import zarr
 from numpy.typing import NDArray
 
-from wsi_ai.engine.features import COORDS, META_KEY
 from wsi_ai.outputs import atomic_output
+from wsi_ai.store.features import COORDS, META_KEY
 
 __all__ = ["FeaturesWriter", "chunk_rows"]
 
@@ -72,7 +72,7 @@ class FeaturesWriter:
     ``table`` is the patch table (``x, y, width, height`` level-0 px, ``level``,
     ``tissue_fraction``); ``embed_dim`` (float16 embeddings) and ``classes`` (float32
     scores, one column per class) say which outputs the store holds. ``attrs`` go under
-    the ``wsi_ai`` attribute key, as :func:`~wsi_ai.engine.features.write_features` does.
+    the ``wsi_ai`` attribute key, as :func:`~wsi_ai.store.features.write_features` does.
     """
 
     def __init__(

@@ -1,6 +1,11 @@
-"""Patch grids at a physical resolution, and the patch table that flows between stages."""
+"""Patch grids at a physical resolution: the patch table every later stage extends.
+
+:func:`plan_patches` (tissue, grid, "no patch" error) is what the stages call;
+:func:`grid` lays a grid; :func:`read_patch` reads one patch. The patch table's file
+formats live in :mod:`wsi_ai.store`.
+"""
 
 from wsi_ai.tiling.grid import GridSpec, PatchGrid, grid, read_patch
-from wsi_ai.tiling.table import read_table, write_table
+from wsi_ai.tiling.plan import GridConfig, plan_patches
 
-__all__ = ["GridSpec", "PatchGrid", "grid", "read_patch", "read_table", "write_table"]
+__all__ = ["GridConfig", "GridSpec", "PatchGrid", "grid", "plan_patches", "read_patch"]

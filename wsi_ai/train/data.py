@@ -21,9 +21,9 @@ import pandas as pd
 from numpy.typing import NDArray
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from wsi_ai.engine.features import read_features
 from wsi_ai.errors import InvalidInputError
 from wsi_ai.nn.positions import grid_positions
+from wsi_ai.store.features import read_features
 
 # Patch-table columns a class name must not shadow (the stitcher treats them as geometry).
 RESERVED_COLUMNS = frozenset(
@@ -107,11 +107,15 @@ def read_labels(path: Path) -> LabelTable:
 
 
 def find_stores(features: Path) -> dict[str, Path]:
-    """Features stores by slide stem: ``features`` is a folder of ``*.zarr`` or one store."""
+    """Features stores by slide stem: ``features`` is a folder of ``*.zarr``, one store, or a
+    ``wsi-ai run`` output folder (``slides/<slide>/features.zarr``)."""
     if features.suffix == ".zarr" and features.is_dir():
         return {features.name.removesuffix(".zarr"): features}
     if not features.is_dir():
         raise InvalidInputError("features folder not found; run `wsi-ai embed` first", features)
+    run = sorted((features / "slides").glob("*/features.zarr"))
+    if run:
+        return {Path(p.parent.name).stem: p for p in run}
     stores = {p.name.removesuffix(".zarr"): p for p in sorted(features.glob("*.zarr"))}
     if not stores:
         raise InvalidInputError("no <slide>.zarr features stores in this folder", features)

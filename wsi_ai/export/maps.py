@@ -1,9 +1,7 @@
 """Patch scores of one slide -> heatmap -> every file a pathologist opens (``wsi-ai stitch``).
 
-:func:`load_scores` reads a patch table (``x, y, width, height`` in level-0 px plus score
-columns; CSV, Parquet or Zarr) or a per-slide features store; :func:`score_columns` picks the
-columns; :func:`write_maps` stitches them (:func:`wsi_ai.stitch.stitch`) and writes, into one
-folder:
+:func:`write_maps` stitches score columns (:func:`wsi_ai.stitch.stitch`; the columns come from
+:func:`wsi_ai.store.score_columns`) and writes, into one fresh folder the caller provides:
 
 * ``heatmap.png``: the first column not in ``ignore_classes``, colormapped at thumbnail size,
   transparent where no patch;
@@ -14,7 +12,8 @@ folder:
 * ``tiles.geojson`` (optional): one QuPath tile per patch with the scores as measurements.
 
 Every GeoJSON and the OME-Zarr carry the provenance: package version, parameters, the slide's
-file name and size, and the scores file's name.
+file name and size, and the scores file's name. The caller makes the folder atomic (the CLI
+writes it under a temporary name with :func:`wsi_ai.outputs.atomic_output`).
 """
 
 from __future__ import annotations
@@ -27,8 +26,6 @@ import numpy as np
 import pandas as pd
 
 from wsi_ai import __version__
-from wsi_ai.engine.features import read_features
-from wsi_ai.errors import InvalidInputError
 from wsi_ai.export.geojson import write_geojson
 from wsi_ai.export.heatmap import (
     colorize,
@@ -45,10 +42,8 @@ from wsi_ai.export.regions import (
 )
 from wsi_ai.slide import Slide
 from wsi_ai.stitch.canvas import stitch
-from wsi_ai.tiling import read_table
 from wsi_ai.tiling.preview import save_png
 
-RESERVED = ("x", "y", "width", "height", "level", "tissue_fraction")
 FILE_NAMES = {
     "heatmap": "heatmap.png",
     "overlay": "overlay.png",
@@ -90,48 +85,6 @@ def output_paths(out_dir: Path, options: MapOptions) -> dict[str, Path]:
     return paths
 
 
-def load_scores(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """A patch table with score columns: CSV, Parquet or Zarr table, or a features store."""
-    if path.is_dir() and (path / "coords").is_dir():
-        features = read_features(path, with_embeddings=False)
-        return features.table(), dict(features.attrs)
-    return read_table(path)
-
-
-ATTENTION = "attention"  # `wsi-ai predict`: where the aggregator looked, not a class
-
-
-def score_columns(table: pd.DataFrame, wanted: tuple[str, ...], source: Path) -> list[str]:
-    """The columns to stitch: ``wanted``, or every numeric column that is not geometry.
-
-    By default a prediction table's ``attention`` column is left out when class columns are
-    there (it is not a class, and would take part in the argmax); ``--column attention``
-    stitches it."""
-    numeric = [str(c) for c in table.columns if pd.api.types.is_numeric_dtype(table[c])]
-    # "Unnamed: 0" is a CSV written with its pandas index: not a score
-    available = [c for c in numeric if c not in RESERVED and not c.startswith("Unnamed: ")]
-    if wanted:
-        missing = [c for c in wanted if c not in table.columns]
-        if missing:
-            raise InvalidInputError(
-                f"the table has no column {', '.join(map(repr, missing))}; its score columns "
-                f"are: {', '.join(available) or 'none'}",
-                source,
-            )
-        bad = [c for c in wanted if c not in numeric]
-        if bad:
-            raise InvalidInputError(f"column(s) {', '.join(bad)} are not numeric", source)
-        return list(wanted)
-    if not available:
-        raise InvalidInputError(
-            "the table has no score column besides x, y, width, height, level, "
-            "tissue_fraction; run `wsi-ai score-he` or a model first",
-            source,
-        )
-    classes = [c for c in available if c != ATTENTION]
-    return classes if classes else available
-
-
 def provenance(slide_path: Path, params: dict[str, Any]) -> dict[str, Any]:
     """The FeatureCollection/OME-Zarr provenance member of a slide's outputs."""
     return {
@@ -146,18 +99,20 @@ def write_maps(
     slide: Slide,
     table: pd.DataFrame,
     columns: list[str],
-    paths: dict[str, Path],
+    out_dir: Path,
     options: MapOptions,
     *,
     source: Path | None = None,
-    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Stitch ``table[columns]`` on ``slide`` and write every output in ``paths``.
+    """Stitch ``table[columns]`` on ``slide`` and write every output into ``out_dir``.
 
-    ``paths`` comes from :func:`output_paths`. Rows must have finite scores. The slide needs
-    an MPP (areas in µm², the OME-Zarr in µm). Returns a JSON-able summary, with
-    ``repaired``/``dropped`` counts of the regions GeoJSON writer.
+    ``out_dir`` is a fresh folder (created when missing); the files are named as
+    :func:`output_paths` says. Rows must have finite scores. The slide needs an MPP (areas
+    in µm², the OME-Zarr in µm). Returns a JSON-able summary, with ``repaired``/``dropped``
+    counts of the regions GeoJSON writer; its ``outputs`` are the paths in ``out_dir``.
     """
+    paths = output_paths(out_dir, options)
+    out_dir.mkdir(parents=True, exist_ok=True)
     slide.require_mpp()
     assert slide.mpp is not None
     mpp = (slide.mpp.x, slide.mpp.y)
@@ -189,17 +144,17 @@ def write_maps(
         kwargs.update(ignore=options.ignore_classes, min_score=options.min_score)
         regions = argmax_regions(heatmap, columns, mpp=mpp, **kwargs)
     record = provenance(slide.path, params)
-    report = write_geojson(paths["regions"], regions, provenance=record, overwrite=overwrite)
+    report = write_geojson(paths["regions"], regions, provenance=record)
     if "tiles" in paths:
         tiles = tile_annotations(table, columns)
-        write_geojson(paths["tiles"], tiles, provenance=record, overwrite=overwrite)
+        write_geojson(paths["tiles"], tiles, provenance=record)
     thumb = slide.thumbnail(options.thumbnail_size)
     picture = resample_to_thumbnail(heatmap, thumb.shape[:2], channel=shown)
-    save_png(colorize(picture, vmin, vmax, options.cmap), paths["heatmap"], overwrite=overwrite)
+    save_png(colorize(picture, vmin, vmax, options.cmap), paths["heatmap"])
     blended = overlay(
         thumb, picture, vmin, vmax, alpha=options.alpha, cmap=options.cmap, label=columns[shown]
     )
-    save_png(blended, paths["overlay"], overwrite=overwrite)
+    save_png(blended, paths["overlay"])
     write_heatmap_ome_zarr(
         heatmap,
         paths["ome_zarr"],
@@ -209,7 +164,6 @@ def write_maps(
         ngff=options.ngff,
         window=(vmin, vmax) if len(columns) == 1 else None,  # None: range of all channels
         provenance=record,
-        overwrite=overwrite,
     )
     return {
         "slide": str(slide.path),

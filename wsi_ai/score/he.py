@@ -32,7 +32,7 @@ from skimage.color import hed_from_rgb
 
 from wsi_ai.errors import InvalidInputError
 from wsi_ai.slide.slide import MPP_RTOL, Slide, resize
-from wsi_ai.tiling.table import REQUIRED
+from wsi_ai.store.table import REQUIRED
 
 COLUMN = "hematoxylin"
 TISSUE_OD = 0.04
