@@ -142,7 +142,7 @@ def _color(text: str | None, report: ImportReport, where: str) -> RGB | None:
     value = text.strip().lstrip("#")
     try:
         if len(value) != 6:
-            raise ValueError
+            raise ValueError  # control flow only: caught just below and warned about
         return (int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16))
     except ValueError:
         report.warn(where, f"colour {text!r} is not '#rrggbb'; ignored")

@@ -44,7 +44,7 @@ def _positions(value: Any, what: str) -> np.ndarray:
     try:
         arr = np.asarray(value, dtype=np.float64)
         if arr.ndim != 2 or arr.shape[1] < 2:
-            raise ValueError
+            raise ValueError  # control flow only: caught just below, rows checked one by one
     except (TypeError, ValueError):
         rows = []
         for p in value:

@@ -40,6 +40,7 @@ from dask.callbacks import Callback
 from zarr.codecs import BloscCodec
 
 from wsi_ai import __version__
+from wsi_ai.errors import ParameterError
 from wsi_ai.outputs import atomic_output
 
 if TYPE_CHECKING:
@@ -93,11 +94,15 @@ def write_ome_zarr(
     """
     out = Path(out)
     if ngff not in ("0.4", "0.5"):
-        raise ValueError(f"ngff must be '0.4' or '0.5', got {ngff!r}")
+        raise ParameterError(f"ngff must be '0.4' or '0.5', got {ngff!r}", out)
     if not levels or len(levels) != len(scales_um):
-        raise ValueError("need one (y, x) scale in µm per level, and at least one level")
+        raise ParameterError(
+            f"need at least one level and one (y, x) scale in µm per level; "
+            f"got {len(levels)} level(s) and {len(scales_um)} scale(s)",
+            out,
+        )
     if chunk < 1:
-        raise ValueError(f"chunk must be positive, got {chunk}")
+        raise ParameterError(f"chunk must be a positive number of pixels, got {chunk}", out)
     channels, dtype = _check_levels(levels)
     shapes = [tuple(int(s) for s in lv.shape) for lv in levels]
     scales = [(float(sy), float(sx)) for sy, sx in scales_um]
@@ -223,7 +228,11 @@ def _slide_mpp(slide: Slide, mpp: float | tuple[float, float] | None) -> tuple[f
     else:
         pair = (mpp, mpp) if isinstance(mpp, int | float) else (mpp[0], mpp[1])
     if not all(math.isfinite(v) and v > 0 for v in pair):
-        raise ValueError(f"mpp must be positive µm per pixel, got {mpp!r}")
+        raise ParameterError(
+            f"mpp must be a positive number of µm per pixel (e.g. 0.25 for a 40x scan), "
+            f"got {mpp!r}",
+            slide.path,
+        )
     return float(pair[0]), float(pair[1])
 
 
@@ -232,9 +241,9 @@ def _check_levels(levels: Sequence[da.Array]) -> tuple[int, np.dtype[Any]]:
     first = levels[0]
     for i, lv in enumerate(levels):
         if lv.ndim != 3:
-            raise ValueError(f"level {i} must be (c, y, x), got shape {lv.shape}")
+            raise ParameterError(f"level {i} must be (c, y, x), got shape {lv.shape}")
         if lv.shape[0] != first.shape[0] or lv.dtype != first.dtype:
-            raise ValueError(
+            raise ParameterError(
                 f"level {i} has {lv.shape[0]} channels of {lv.dtype}; "
                 f"level 0 has {first.shape[0]} of {first.dtype}"
             )
@@ -367,7 +376,10 @@ def _omero(
         palette = [c for _, c in RGB_CHANNELS] if channels > 1 else ["FFFFFF"]
         colours = [palette[i % len(palette)] for i in range(channels)]
     if len(names) != channels or len(colours) != channels:
-        raise ValueError(f"need {channels} channel names and colours")
+        raise ParameterError(
+            f"need {channels} channel names and {channels} colours, one per channel; "
+            f"got {len(names)} and {len(colours)}"
+        )
     if window is None:
         info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
         window = (float(info.min), float(info.max)) if info is not None else (0.0, 1.0)
@@ -420,7 +432,9 @@ def _write_associated(
 ) -> None:
     """``associated/<name>``: a one-level image whose scale is 1 px (no physical unit)."""
     if pixels.ndim != 3:
-        raise ValueError(f"associated image {name!r} must be (c, y, x), got {pixels.shape}")
+        raise ParameterError(
+            f"associated image {name!r} must be (c, y, x), got shape {pixels.shape}"
+        )
     safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name) or "image"
     parent = root.require_group("associated")
     listed = parent.attrs.get("wsi_ai_associated_images")

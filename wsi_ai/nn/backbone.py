@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from wsi_ai.errors import ModelError
+from wsi_ai.errors import ModelError, ParameterError
 from wsi_ai.nn.cards import ModelCard
 from wsi_ai.nn.weights import LoadReport, load_weights
 
@@ -150,7 +150,9 @@ class Backbone(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected images [B, 3, H, W], got {tuple(images.shape)}")
+            raise ParameterError(
+                f"expected normalised RGB images [B, 3, H, W], got {tuple(images.shape)}"
+            )
         model: Any = self.model  # a timm model: forward_features / forward_head
         features = model.forward_features(images)
         if self.card.readout == "pooled":

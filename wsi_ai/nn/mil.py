@@ -22,6 +22,8 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from wsi_ai.errors import InvalidInputError, ParameterError
+
 
 @dataclass(frozen=True)
 class MILOutput:
@@ -53,7 +55,7 @@ class Bag:
 def as_bag(x: torch.Tensor, positions: torch.Tensor | None, mask: torch.Tensor | None) -> Bag:
     """Check shapes and add a batch dimension to single-slide inputs."""
     if x.dim() not in (2, 3):
-        raise ValueError(f"embeddings must be [N, D] or [B, N, D], got {tuple(x.shape)}")
+        raise ParameterError(f"embeddings must be [N, D] or [B, N, D], got {tuple(x.shape)}")
     batched = x.dim() == 3
     if not batched:
         x = x.unsqueeze(0)
@@ -61,10 +63,16 @@ def as_bag(x: torch.Tensor, positions: torch.Tensor | None, mask: torch.Tensor |
         mask = None if mask is None else mask.unsqueeze(0)
     b, n, _ = x.shape
     if positions is not None and tuple(positions.shape) != (b, n, 2):
-        raise ValueError(f"positions must be [N, 2] matching embeddings, got {positions.shape}")
+        raise ParameterError(
+            f"positions must be [N, 2] matching embeddings {tuple(x.shape[1:2])}, "
+            f"got {tuple(positions.shape)}"
+        )
     if mask is not None:
         if tuple(mask.shape) != (b, n):
-            raise ValueError(f"mask must be [N] matching embeddings, got {tuple(mask.shape)}")
+            raise ParameterError(
+                f"mask must be [N] matching embeddings {tuple(x.shape[1:2])}, "
+                f"got {tuple(mask.shape)}"
+            )
         mask = mask.to(torch.bool)
     return Bag(x, positions, mask, batched)
 
@@ -108,12 +116,18 @@ class InputNorm(nn.Module):
         for emb in embeddings:
             a = np.asarray(emb, dtype=np.float64)
             if a.ndim != 2 or a.shape[1] != s1.shape[0]:
-                raise ValueError(f"embeddings must be [N, {s1.shape[0]}], got {a.shape}")
+                raise InvalidInputError(
+                    f"embeddings must be [N, {s1.shape[0]}], got {a.shape}; "
+                    "are all feature stores from the same backbone?"
+                )
             total += a.shape[0]
             s1 += a.sum(axis=0)
             s2 += np.square(a).sum(axis=0)
         if total == 0:
-            raise ValueError("no patches to measure the input statistics on")
+            raise InvalidInputError(
+                "no patches to measure the input statistics on: every training slide's "
+                "feature store is empty; extract features with tissue patches first"
+            )
         mean = s1 / total
         std = np.sqrt(np.maximum(s2 / total - mean**2, 0.0))
         std[std < eps] = 1.0

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from wsi_ai.errors import ParameterError
+
 
 def grid_positions(coords: NDArray[np.integer] | NDArray[np.floating]) -> NDArray[np.float32]:
     """Grid positions ``[N, 2]`` (x, y in patch units) from level-0 ``x, y, width, height``.
@@ -23,7 +25,9 @@ def grid_positions(coords: NDArray[np.integer] | NDArray[np.floating]) -> NDArra
     """
     boxes = np.asarray(coords, dtype=np.float64)
     if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"coords must be [N, 4] level-0 x, y, width, height, got {boxes.shape}")
+        raise ParameterError(
+            f"coords must be [N, 4] level-0 x, y, width, height, got {boxes.shape}"
+        )
     if boxes.shape[0] == 0:
         return np.zeros((0, 2), np.float32)
     size = np.maximum(boxes[:, 2:4], 1.0)
@@ -39,7 +43,7 @@ def sincos_2d(positions: torch.Tensor, dim: int, max_period: float = 10_000.0) -
     frequencies from 1 to ``1 / max_period`` cycles per radian; ``dim`` must be a multiple of 4.
     """
     if dim % 4:
-        raise ValueError(f"positional code width must be a multiple of 4, got {dim}")
+        raise ParameterError(f"positional code width must be a multiple of 4, got {dim}")
     quarter = dim // 4
     exponent = torch.arange(quarter, device=positions.device, dtype=torch.float32) / quarter
     freqs = torch.exp(-math.log(max_period) * exponent)

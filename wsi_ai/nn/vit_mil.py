@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsi_ai.errors import ParameterError
 from wsi_ai.nn.mil import InputNorm, MILOutput, as_bag, unbatch
 from wsi_ai.nn.positions import sincos_2d
 
@@ -44,7 +45,10 @@ class Block(nn.Module):
     def __init__(self, width: int, heads: int, mlp_ratio: float, dropout: float) -> None:
         super().__init__()
         if width % heads:
-            raise ValueError(f"width {width} is not divisible by heads {heads}")
+            raise ParameterError(
+                f"width {width} is not divisible by heads {heads}; "
+                "choose --heads that divides --width (e.g. width 512, heads 8)"
+            )
         self.heads = heads
         self.norm1 = nn.LayerNorm(width)
         self.qkv = nn.Linear(width, 3 * width)
@@ -101,9 +105,9 @@ class ViTMIL(nn.Module):
     ) -> None:
         super().__init__()
         if depth < 1:
-            raise ValueError(f"depth must be at least 1, got {depth}")
+            raise ParameterError(f"depth must be at least 1 block, got {depth}")
         if width % 4:
-            raise ValueError(f"width must be a multiple of 4 for 2-D positions, got {width}")
+            raise ParameterError(f"width must be a multiple of 4 for 2-D positions, got {width}")
         self.width = width
         self.input_norm = InputNorm(in_dim)
         self.proj = nn.Linear(in_dim, width)

@@ -21,7 +21,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from wsi_ai.errors import SlideReadError, UnsupportedSlideError
+from wsi_ai.errors import ParameterError, SlideReadError, UnsupportedSlideError
 
 BackendName = Literal["openslide", "tiffslide"]
 RGBArray = NDArray[np.uint8]
@@ -191,7 +191,7 @@ def open_backend(path: Path, backend: str = "auto") -> Backend:
     elif backend in ("openslide", "tiffslide"):
         order = (backend,)  # type: ignore[assignment]
     else:
-        raise ValueError(f"unknown backend {backend!r}: use auto, openslide or tiffslide")
+        raise ParameterError(f"unknown backend {backend!r}: use auto, openslide or tiffslide")
     reasons: list[str] = []
     for name in order:
         try:
@@ -202,6 +202,7 @@ def open_backend(path: Path, backend: str = "auto") -> Backend:
         try:
             dims = opened.primary.level_dimensions
             if len(dims) == 0 or min(min(d) for d in dims) <= 0:
+                # Caught just below and reported as UnsupportedSlideError with the file.
                 raise ValueError("no image levels in the file")
             return opened
         except Exception as err:

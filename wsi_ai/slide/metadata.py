@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from wsi_ai.errors import ParameterError
+
 log = logging.getLogger(__name__)
 
 MppSource = Literal["user", "metadata", "objective-power"]
@@ -96,7 +98,10 @@ def resolve_mpp(
     if mpp_override is not None:
         mx, my = mpp_override if isinstance(mpp_override, tuple) else (mpp_override, mpp_override)
         if _positive_float(mx) is None or _positive_float(my) is None:
-            raise ValueError(f"--slide-mpp must be a positive number, got {mpp_override!r}")
+            raise ParameterError(
+                f"--slide-mpp must be a positive number of µm per pixel (e.g. 0.25 for a 40x "
+                f"scan), got {mpp_override!r}"
+            )
         return Mpp(float(mx), float(my), "user")
     meta_x = _positive_float(props.get(PROP_MPP_X))
     meta_y = _positive_float(props.get(PROP_MPP_Y))

@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from wsi_ai.errors import MissingMppError, SlideNotFoundError, UnsupportedSlideError
+from wsi_ai.errors import (
+    MissingMppError,
+    ParameterError,
+    SlideNotFoundError,
+    UnsupportedSlideError,
+)
 from wsi_ai.slide.backends import Backend, BackendName, RGBArray, open_backend
 from wsi_ai.slide.metadata import (
     PROP_VENDOR,
@@ -161,10 +166,13 @@ class Slide:
         Pixels outside the slide come back white, as OpenSlide draws them.
         """
         if not 0 <= level < self.level_count:
-            raise ValueError(f"level {level} out of range 0..{self.level_count - 1}")
+            raise ParameterError(
+                f"level {level} out of range: the slide has levels 0..{self.level_count - 1}",
+                self.path,
+            )
         w, h = int(size[0]), int(size[1])
         if w <= 0 or h <= 0:
-            raise ValueError(f"size must be positive, got {size}")
+            raise ParameterError(f"region size must be positive (width, height), got {size}")
         return self._backend.read_region(int(location[0]), int(location[1]), level, w, h)
 
     def read_region_at_mpp(

@@ -26,6 +26,8 @@ from numpy.typing import NDArray
 from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
+from wsi_ai.errors import ParameterError
+
 _FLOOD_FLAGS = 8 | cv2.FLOODFILL_MASK_ONLY | (1 << 8)  # 8-connected, mark the mask with 1
 
 
@@ -122,7 +124,7 @@ def trace_regions(mask: NDArray[Any], values: Any = None, *, min_pixels: int = 1
     else:
         binary = np.ascontiguousarray(binary != 0, dtype=np.uint8)
     if binary.ndim != 2:
-        raise ValueError(f"mask must be 2-D, got shape {binary.shape}")
+        raise ParameterError(f"mask must be 2-D [H, W], got shape {binary.shape}")
     source = binary if values is None else values
     geometries: list[BaseGeometry] = []
     pixels: list[int] = []

@@ -45,6 +45,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from wsi_ai.errors import ParameterError
 from wsi_ai.slide.slide import detect_modality
 from wsi_ai.tissue.mask import TissueMask
 from wsi_ai.tissue.polygons import mask_to_polygons
@@ -115,7 +116,7 @@ def _sizes(
 ) -> _Sizes:
     if mpp is not None:
         if not mpp > 0:
-            raise ValueError(f"mpp must be positive, got {mpp}")
+            raise ParameterError(f"mpp must be a positive number of µm per pixel, got {mpp}")
         px2 = mpp * mpp
         sizes = _Sizes(
             CLOSE_UM / mpp,
@@ -157,9 +158,9 @@ def detect_tissue_rgb(
     minimum region area.
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"image must be RGB uint8 (h, w, 3), got {image.dtype} {image.shape}")
+        raise ParameterError(f"image must be RGB uint8 (h, w, 3), got {image.dtype} {image.shape}")
     if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"image is empty: {image.shape}")
+        raise ParameterError(f"image is empty: {image.shape}")
     sizes = _sizes(image.shape, mpp, min_tissue_area_um2, max_hole_area_um2, min_tissue_area_px)
     seeds: Mask8 | None = None
     if modality == "brightfield":
@@ -167,7 +168,7 @@ def detect_tissue_rgb(
     elif modality == "fluorescence":
         raw = fluorescence_foreground(image, sizes.smooth)
     else:
-        raise ValueError(f"modality must be 'brightfield' or 'fluorescence', got {modality!r}")
+        raise ParameterError(f"modality must be 'brightfield' or 'fluorescence', got {modality!r}")
     return clean_mask(raw, sizes, seeds) > 0
 
 
@@ -306,7 +307,9 @@ def plan_read(slide: Slide, target_mpp: float, level: int | None = None) -> tupl
     if level is None:
         if slide.mpp is not None:
             if not target_mpp > 0:
-                raise ValueError(f"target_mpp must be positive, got {target_mpp}")
+                raise ParameterError(
+                    f"target_mpp must be a positive number of µm per pixel, got {target_mpp}"
+                )
             target_ds = target_mpp / slide.mpp.mean
             target_ds = min(target_ds, longest / MIN_MASK_SIDE)
             target_ds = max(target_ds, longest / MAX_MASK_SIDE)
@@ -316,7 +319,10 @@ def plan_read(slide: Slide, target_mpp: float, level: int | None = None) -> tupl
         level = slide.best_level_for_downsample(target_ds)
     else:
         if not 0 <= level < slide.level_count:
-            raise ValueError(f"level {level} out of range 0..{slide.level_count - 1}")
+            raise ParameterError(
+                f"level {level} out of range: the slide has levels 0..{slide.level_count - 1}",
+                slide.path,
+            )
         target_ds = max(slide.level_downsamples[level], longest / MAX_MASK_SIDE)
     want = max(1, math.ceil(longest / target_ds))
     have = max(slide.levels[level].dimensions)
@@ -342,7 +348,7 @@ def detect_tissue(
     docstring) and ``min_tissue_area_px`` (level-0 px²), if given, sets the smallest region.
     """
     if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        raise ParameterError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     level, max_size = plan_read(slide, target_mpp, level)
     image = slide.read_level(level, max_size)
     if method == "auto":

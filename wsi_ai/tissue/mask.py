@@ -11,6 +11,7 @@ from numpy.typing import ArrayLike, NDArray
 from shapely.geometry import Polygon
 
 from wsi_ai.annotations.model import Annotation
+from wsi_ai.errors import ParameterError
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,7 +68,7 @@ class TissueMask:
             *(np.asarray(v, dtype=np.float64) for v in (x, y, width, height))
         )
         if np.any(ws <= 0) or np.any(hs <= 0):
-            raise ValueError("rectangle width and height must be positive (level-0 px)")
+            raise ParameterError("rectangle width and height must be positive (level-0 px)")
         dx, dy = self.downsample
         rows, cols = self.shape
         c0, c1 = _snap(xs / dx, (xs + ws) / dx)

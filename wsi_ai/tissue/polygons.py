@@ -31,6 +31,8 @@ from shapely.geometry import (
 )
 from shapely.geometry.base import BaseGeometry
 
+from wsi_ai.errors import ParameterError
+
 # Douglas-Peucker tolerance, in mask pixels, applied before scaling to level 0. Below 1 so a
 # one-pixel-wide strand keeps its width; a 45-degree pixel staircase becomes a straight edge.
 SIMPLIFY_PX = 0.75
@@ -48,7 +50,7 @@ def mask_to_polygons(
     tolerance in mask pixels (0 keeps every pixel corner).
     """
     if mask.ndim != 2:
-        raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
+        raise ParameterError(f"mask must be 2-D [H, W], got shape {mask.shape}")
     height, width = mask.shape
     if height == 0 or width == 0 or not mask.any():
         return ()

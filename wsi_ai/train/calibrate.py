@@ -16,6 +16,7 @@ import math
 import numpy as np
 from numpy.typing import NDArray
 
+from wsi_ai.errors import ParameterError
 from wsi_ai.train.metrics import nll, softmax
 
 LOG_T_RANGE = (math.log(0.05), math.log(20.0))
@@ -33,7 +34,10 @@ def fit_temperature(
     z = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(y)
     if z.ndim != 2 or z.shape[0] != labels.shape[0] or z.shape[0] == 0:
-        raise ValueError(f"need logits [S, C] and labels [S], got {z.shape} and {labels.shape}")
+        raise ParameterError(
+            f"need logits [S, C] and labels [S] for at least one slide, "
+            f"got {z.shape} and {labels.shape}"
+        )
 
     penalty = 0.0 if prior_sd is None else 0.5 / prior_sd**2 / len(labels)
 

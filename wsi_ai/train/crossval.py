@@ -27,7 +27,7 @@ from numpy.typing import NDArray
 from safetensors.torch import save_file
 
 from wsi_ai import __version__
-from wsi_ai.errors import InvalidInputError
+from wsi_ai.errors import InvalidInputError, ParameterError
 from wsi_ai.outputs import atomic_output, check_output
 from wsi_ai.train.calibrate import calibrated, fit_temperature
 from wsi_ai.train.card import (
@@ -194,7 +194,7 @@ def train_run(
 ) -> dict[str, Any]:
     """Cross-validate, calibrate, and write ``rundir``; returns the metrics written."""
     if config.final not in ("best-fold", "refit"):
-        raise ValueError(f"final must be 'best-fold' or 'refit', got {config.final!r}")
+        raise ParameterError(f"final must be 'best-fold' or 'refit', got {config.final!r}")
     check_output(rundir, overwrite)
     resolve_device(config.device)  # fail on a bad --device before loading anything
     hyper = full_hyperparameters(config.aggregator, config.hyperparameters)
