@@ -299,11 +299,18 @@ def load_card(path: str | Path) -> ModelCard:
 
 
 def models_dir() -> Path:
-    """The folder of cards: ``$WSI_AI_MODELS_DIR``, else ``models/`` beside the package."""
+    """The folder of cards, first of: ``$WSI_AI_MODELS_DIR``; ``wsi_ai/models/`` inside an
+    installed wheel (where pyproject.toml ships the repository's ``models/``); ``models/``
+    beside the package, as in a source checkout or an editable install.
+    """
     env = os.environ.get(MODELS_DIR_ENV)
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parents[2] / "models"
+    package = Path(__file__).resolve().parents[1]
+    shipped = package / "models"
+    if shipped.is_dir():
+        return shipped
+    return package.parent / "models"
 
 
 def card_files(folder: Path | None = None) -> list[Path]:
