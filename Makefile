@@ -29,14 +29,9 @@ test: install lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 demo: install
-	mkdir -p $(DEMO_OUT)
 	$(BIN)/wsi-ai info $(DEMO_SLIDE)
-	$(BIN)/wsi-ai info $(DEMO_SLIDE) --json > $(DEMO_OUT)/info.json
-	$(BIN)/wsi-ai tissue $(DEMO_SLIDE) -o $(DEMO_OUT)/tissue.geojson --mask $(DEMO_OUT)/tissue-mask.png --overwrite
-	$(BIN)/wsi-ai tiles $(DEMO_SLIDE) --mpp 0.5 --size 224 -o $(DEMO_OUT)/grid.csv --preview $(DEMO_OUT)/grid.png --overwrite
-	$(BIN)/wsi-ai score-he $(DEMO_SLIDE) --overlap 112 -o $(DEMO_OUT)/scores.csv --overwrite
-	$(BIN)/wsi-ai stitch $(DEMO_OUT)/scores.csv --slide $(DEMO_SLIDE) -o $(DEMO_OUT)/heatmap --blend gaussian --downsample 16 --min-area 2000 --overwrite
-	@echo "demo outputs are in $(DEMO_OUT)/"
+	$(BIN)/wsi-ai run pipelines/demo.csv --pipeline pipelines/he-density.toml -o $(DEMO_OUT)
+	@echo "demo outputs are in $(DEMO_OUT)/ (slides/<name>/, summary.csv, run.json)"
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py

@@ -8,6 +8,7 @@ from wsi_ai import __version__
 from wsi_ai.cli.common import setup_logging
 from wsi_ai.cli.engine_cmds import embed, score
 from wsi_ai.cli.model_cmds import models
+from wsi_ai.cli.run_cmds import run
 from wsi_ai.cli.slide_cmds import convert, info, tiles, tissue
 from wsi_ai.cli.stitch_cmds import annotations_group, score_he, stitch
 from wsi_ai.cli.train_cmds import predict, train
@@ -25,6 +26,7 @@ def main(verbose: bool, debug: bool) -> None:
 
     \b
     Example:
+      wsi-ai run slides/ --pipeline pipelines/he-density.toml -o results/
       wsi-ai info slide.svs
       wsi-ai tissue slide.svs -o tissue.geojson
       wsi-ai tiles slide.svs --mpp 0.5 --size 224 -o grid.csv --preview grid.png
@@ -34,6 +36,7 @@ def main(verbose: bool, debug: bool) -> None:
 
 
 for command in (
+    run,
     info,
     convert,
     tissue,

@@ -1,0 +1,47 @@
+"""The per-slide QC files of a pipeline run: tissue annotations and mask, thumbnail, grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsi_ai import __version__
+from wsi_ai.export.geojson import write_geojson
+from wsi_ai.pipeline_config import Pipeline
+from wsi_ai.slide import Slide
+from wsi_ai.store.table import write_table
+from wsi_ai.tiling import PatchGrid
+from wsi_ai.tiling.preview import draw_grid, save_png
+from wsi_ai.tissue.mask import TissueMask
+
+
+def provenance(slide: Slide, pipeline: Pipeline, stage: str) -> dict[str, Any]:
+    """The provenance member of a pipeline's GeoJSON outputs (no path, no scanner data)."""
+    return {
+        "wsi_ai_version": __version__,
+        "slide": slide.path.name,
+        "slide_size_bytes": slide.file_size,
+        "pipeline": pipeline.name,
+        "stage": stage,
+    }
+
+
+def write_qc_files(
+    slide: Slide, pipeline: Pipeline, found: TissueMask | None, patches: PatchGrid, out: Path
+) -> None:
+    """The per-slide QC files a pipeline's ``[export]`` asks for, written into ``out``."""
+    ex = pipeline.export
+    if found is not None and ex.tissue_geojson:
+        mpp = None if slide.mpp is None else slide.mpp.mean
+        record = provenance(slide, pipeline, "tissue")
+        write_geojson(out / "tissue.geojson", found.to_annotations(mpp=mpp), provenance=record)
+    if found is not None and ex.tissue_mask:
+        save_png(found.mask.astype(np.uint8) * 255, out / "tissue-mask.png")
+    if ex.thumbnail:
+        save_png(slide.thumbnail(ex.thumbnail_size), out / "thumbnail.png")
+    if ex.grid_preview:
+        save_png(draw_grid(slide, patches, max_size=ex.thumbnail_size), out / "grid.png")
+    if ex.patch_table:
+        write_table(patches.table, out / "patches.csv", meta=patches.spec.as_dict())

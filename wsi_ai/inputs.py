@@ -1,0 +1,136 @@
+"""What a batch runs on: slide files, folders of slides, or a manifest CSV.
+
+:func:`collect_inputs` turns ``wsi-ai run``'s INPUT arguments into :class:`SlideInput` rows:
+
+* a slide file is taken as it is (a missing path is a failed row later, not a usage error);
+* a folder is searched recursively for files with a slide extension (:data:`SLIDE_SUFFIXES`),
+  hidden files and folders left out, in sorted order;
+* a ``.csv`` file is a manifest: a ``path`` column (relative paths are relative to the CSV's
+  folder), optional ``label`` and ``slide_mpp``, and any other columns, carried as they are
+  into the batch summary.
+
+:func:`fingerprint` is the cheap content hash a resumed batch compares: the file's size and
+the sha256 of its first and last MiB (a rescanned or replaced slide changes it; reading a
+gigapixel file whole on every rerun would not be cheap).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wsi_ai.errors import InvalidInputError
+
+SLIDE_SUFFIXES = (
+    ".svs",
+    ".tif",
+    ".tiff",
+    ".ndpi",
+    ".mrxs",
+    ".scn",
+    ".bif",
+    ".vms",
+    ".vmu",
+    ".svslide",
+    ".dcm",
+    ".qptiff",
+)
+_RESERVED = ("path", "label", "slide_mpp")
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class SlideInput:
+    """One slide of a batch, with what the manifest said of it."""
+
+    path: Path
+    label: str | None = None
+    slide_mpp: float | None = None
+    metadata: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def name(self) -> str:
+        """The slide's folder name under ``OUT/slides/``: its file name."""
+        return self.path.name
+
+
+def _manifest(path: Path) -> list[SlideInput]:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.DictReader(handle))
+            columns = [c.strip() for c in (rows[0].keys() if rows else [])]
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise InvalidInputError(f"cannot read the manifest CSV ({err})", path) from err
+    if "path" not in columns:
+        raise InvalidInputError(
+            "a manifest CSV needs a 'path' column (optional: label, slide_mpp, any others)", path
+        )
+    out: list[SlideInput] = []
+    for number, row in enumerate(rows, start=2):
+        row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+        if not row["path"]:
+            raise InvalidInputError(f"line {number}: empty path", path)
+        mpp: float | None = None
+        if row.get("slide_mpp"):
+            try:
+                mpp = float(row["slide_mpp"])
+            except ValueError:
+                mpp = math.nan
+            if not (math.isfinite(mpp) and mpp > 0):
+                raise InvalidInputError(
+                    f"line {number}: slide_mpp must be a positive number of µm/px, got "
+                    f"{row['slide_mpp']!r}",
+                    path,
+                )
+        slide = Path(row["path"]).expanduser()
+        slide = slide if slide.is_absolute() else path.parent / slide
+        extra = {k: v for k, v in row.items() if k and k not in _RESERVED}
+        out.append(SlideInput(slide.absolute(), row.get("label") or None, mpp, extra))
+    return out
+
+
+def _folder(path: Path) -> list[SlideInput]:
+    found = [
+        p
+        for p in path.rglob("*")
+        if p.suffix.lower() in SLIDE_SUFFIXES
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    ]
+    return [SlideInput(p.absolute()) for p in sorted(found)]
+
+
+def collect_inputs(items: Iterable[Path]) -> list[SlideInput]:
+    """The slides named by ``items`` (files, folders, manifest CSVs), in the order given."""
+    out: list[SlideInput] = []
+    for item in items:
+        item = Path(item).expanduser()
+        if item.is_dir():
+            slides = _folder(item)
+            if not slides:
+                raise InvalidInputError(
+                    f"no slide file in the folder (looked for {', '.join(SLIDE_SUFFIXES)})", item
+                )
+            out.extend(slides)
+        elif item.suffix.lower() == ".csv":
+            out.extend(_manifest(item))
+        else:
+            out.append(SlideInput(item.absolute()))
+    return out
+
+
+def fingerprint(path: Path) -> str:
+    """``size:sha256(first MiB + last MiB)`` of the file: cheap, and changes when it does."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        size = handle.seek(0, 2)
+        handle.seek(0)
+        digest.update(handle.read(_CHUNK))
+        if size > _CHUNK:
+            handle.seek(max(_CHUNK, size - _CHUNK))
+            digest.update(handle.read(_CHUNK))
+    return f"{size}:{digest.hexdigest()}"
