@@ -80,7 +80,7 @@ def test_equivalent_device_spellings_load_the_model_once(
         return object()
 
     monkeypatch.setattr(engine_graph, "load_model", fake_load)
-    key = engine_graph.model_key(EngineConfig(model="resnet50", random_init=True))
+    key = EngineConfig(model="resnet50", random_init=True).model_config
     models = {id(engine_graph.cached_model(key, d)) for d in ("cuda", "auto", "cuda:0")}
     assert loads == ["cuda:0"] and len(models) == 1
     # What the threads scheduler's early build and its run nodes ask for: the same key.

@@ -72,10 +72,10 @@ class WorkerModels:
     """A worker's models, built on first use and kept for the slides that follow."""
 
     def backbone(self, pipeline: Pipeline) -> Any:
-        from wsi_ai.engine.graph import cached_model, model_key, worker_device
+        from wsi_ai.engine.graph import cached_model, worker_device
 
         config = pipeline.engine_config()
-        return cached_model(model_key(config), worker_device(config))
+        return cached_model(config.model_config, worker_device(config))
 
     def aggregator(self, pipeline: Pipeline) -> Any:
         assert pipeline.aggregator.run is not None

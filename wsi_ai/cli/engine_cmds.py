@@ -38,7 +38,7 @@ def _device(ctx: click.Context, param: click.Parameter, value: str) -> str:
 
 
 def _sha256(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    from wsi_ai.engine.config import normalise_sha256  # stdlib only: --help stays fast
+    from wsi_ai.engine.config import normalise_sha256  # light: --help stays fast
 
     if value is None:
         return None

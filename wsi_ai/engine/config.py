@@ -7,7 +7,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEVICES", "OUTPUTS", "PRECISIONS", "EngineConfig", "SlideResult"]
+from wsi_ai.errors import ParameterError
+
+__all__ = ["DEVICES", "OUTPUTS", "PRECISIONS", "EngineConfig", "ModelConfig", "SlideResult"]
 
 OUTPUTS = ("embeddings", "scores")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -23,17 +25,56 @@ def normalise_sha256(value: str) -> str:
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    """What builds one :class:`~wsi_ai.engine.runner.InferenceModel`: the card, its weights,
+    the patch side it sees, the device and how it runs. Every slide of a run shares it, so it
+    is what a worker's model cache is keyed on.
+    """
+
+    model: str | Path  # card name or path
+    weights: Path | None = None
+    random_init: bool = False
+    sha256: str | None = None  # of the weights file, checked when given
+    device: str = "auto"  # auto|cpu|cuda|cuda:N
+    batch_size: int | None = None  # None = automatic
+    size: int | None = None  # None = the card's input size
+    outputs: tuple[str, ...] = ("embeddings",)  # and/or "scores"
+    precision: str = "auto"  # auto|fp32|bf16|fp16
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.outputs or any(o not in OUTPUTS for o in self.outputs):
+            raise ParameterError(
+                f"outputs must be some of {', '.join(OUTPUTS)}, got {self.outputs}"
+            )
+        if self.precision not in PRECISIONS:
+            raise ParameterError(f"precision must be one of {', '.join(PRECISIONS)}")
+        if self.device.split(":")[0] not in DEVICES:
+            raise ParameterError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ParameterError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.sha256 is not None:
+            if self.random_init:
+                raise ParameterError("sha256 checks a weights file; random_init uses none")
+            try:
+                # frozen: set once here
+                object.__setattr__(self, "sha256", normalise_sha256(self.sha256))
+            except ValueError as err:
+                raise ParameterError(str(err)) from err
+
+
+@dataclass(frozen=True)
 class EngineConfig:
-    """One inference run: which model, at which resolution, on which device.
+    """One inference run: which model (:attr:`model_config`) and which patches of each slide.
 
     ``mpp`` (µm/px) and ``size`` (px) are the patches' resolution and side; ``None`` takes
     the card's. ``min_tissue`` is the fraction of a patch that must be tissue (with
-    ``tissue``); ``slide_mpp`` is the slide's own level-0 µm/px for files that lack it.
-    ``batch_size=None`` picks one: the largest power of two that fits half the free GPU
-    memory (at most 512), or 32 on a CPU. ``precision="auto"`` is bf16 where the device
-    supports it (else fp16 on a GPU, fp32 on a CPU), run under autocast. ``sha256``
-    (64 hex digits, kept lower-case) is checked against the weights file, which is
-    refused on a mismatch; it wins over the card's.
+    ``tissue``); ``slide_mpp`` is the slide's own level-0 µm/px for files that lack it;
+    ``read_threads`` decode patches ahead of the model. ``batch_size=None`` picks one: the
+    largest power of two that fits half the free GPU memory (at most 512), or 32 on a CPU.
+    ``precision="auto"`` is bf16 where the device supports it (else fp16 on a GPU, fp32 on a
+    CPU), run under autocast. ``sha256`` (64 hex digits, kept lower-case) is checked against
+    the weights file, which is refused on a mismatch; it wins over the card's.
     """
 
     model: str | Path  # card name or path
@@ -53,23 +94,28 @@ class EngineConfig:
     slide_mpp: float | None = None
 
     def __post_init__(self) -> None:
-        if not self.outputs or any(o not in OUTPUTS for o in self.outputs):
-            raise ValueError(f"outputs must be some of {', '.join(OUTPUTS)}, got {self.outputs}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
-        if self.device.split(":")[0] not in DEVICES:
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+        # frozen: the sha256 normalised by the model config is set once here
+        object.__setattr__(self, "sha256", self.model_config.sha256)
         if not 0 <= self.min_tissue <= 1:
-            raise ValueError(f"min_tissue must be in [0, 1], got {self.min_tissue}")
+            raise ParameterError(f"min_tissue must be in [0, 1], got {self.min_tissue}")
         if self.read_threads < 1:
-            raise ValueError("read_threads must be at least 1")
-        if self.sha256 is not None:
-            if self.random_init:
-                raise ValueError("sha256 checks a weights file; random_init uses none")
-            # frozen: set once here
-            object.__setattr__(self, "sha256", normalise_sha256(self.sha256))
+            raise ParameterError("read_threads must be at least 1")
+
+    @property
+    def model_config(self) -> ModelConfig:
+        """The model part alone: what the slides of this run share."""
+        return ModelConfig(
+            model=self.model,
+            weights=self.weights,
+            random_init=self.random_init,
+            sha256=self.sha256,
+            device=self.device,
+            batch_size=self.batch_size,
+            size=self.size,
+            outputs=self.outputs,
+            precision=self.precision,
+            compile=self.compile,
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready parameters (paths as strings, outputs as a list)."""

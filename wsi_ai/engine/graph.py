@@ -47,7 +47,7 @@ from typing import Any
 import dask
 import torch
 
-from wsi_ai.engine.config import EngineConfig, SlideResult
+from wsi_ai.engine.config import EngineConfig, ModelConfig, SlideResult
 from wsi_ai.engine.embed import PreparedSlide, prepare_slide, run_prepared
 from wsi_ai.engine.runner import InferenceModel, load_model, normalise_device
 from wsi_ai.errors import ModelError, OutputExistsError, failure_message
@@ -58,7 +58,6 @@ from wsi_ai.store.features import features_path
 __all__ = [
     "cached_model",
     "dask_client",
-    "model_key",
     "parse_scheduler",
     "run_slides",
     "worker_device",
@@ -88,17 +87,12 @@ def parse_scheduler(scheduler: str | None) -> tuple[str, int | None]:
     )
 
 
-def model_key(config: EngineConfig) -> EngineConfig:
-    """The config without what only concerns slides, so one model serves them all."""
-    return replace(config, mpp=None, min_tissue=0.5, tissue=True, read_threads=2, slide_mpp=None)
-
-
 @functools.lru_cache(maxsize=1)
-def _load_cached(key: EngineConfig, device: str) -> InferenceModel:
+def _load_cached(key: ModelConfig, device: str) -> InferenceModel:
     return load_model(key, device=device)
 
 
-def cached_model(key: EngineConfig, device: str) -> InferenceModel:
+def cached_model(key: ModelConfig, device: str) -> InferenceModel:
     """The model for ``key`` on ``device``, built once per process and kept.
 
     The device is normalised first (``cuda`` and ``auto`` are ``cuda:N``), so spellings
@@ -161,7 +155,7 @@ def _run_task(
     try:
         with device_lock or nullcontext():
             where = device if device is not None else worker_device(config)
-            model = cached_model(model_key(config), where)
+            model = cached_model(config.model_config, where)
             if model.card.card_hash != card_hash:
                 raise ModelError(
                     f"the model card {config.model} differs on this worker (hash "
@@ -260,7 +254,7 @@ def run_slides(
     )
     if kind == "threads" and todo:
         device = worker_device(config)  # resolved once: the run nodes use the same model
-        cached_model(model_key(config), device)  # fail early
+        cached_model(config.model_config, device)  # fail early
         results.update(_run_threads(todo, job, tick, raise_errors, device))
     elif todo:
         with dask_client(kind, scheduler, workers, gpus) as client:

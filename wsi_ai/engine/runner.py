@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from wsi_ai.engine.config import EngineConfig
+from wsi_ai.engine.config import EngineConfig, ModelConfig
 from wsi_ai.engine.loader import PatchBatches
 from wsi_ai.errors import ModelError
 from wsi_ai.nn.backbone import Backbone, build_backbone
@@ -245,13 +245,15 @@ def auto_batch_size(model: InferenceModel) -> int:
 
 
 def load_model(
-    config: EngineConfig,
+    config: EngineConfig | ModelConfig,
     backbone: Backbone | None = None,
     *,
     device: torch.device | str | None = None,
     size: int | None = None,
 ) -> InferenceModel:
     """Find the config's card, build its backbone (unless given) and prepare it."""
+    if isinstance(config, EngineConfig):
+        config = config.model_config
     if backbone is None:
         card = find_card(config.model)
         target = resolve_device(config.device) if device is None else torch.device(device)
