@@ -74,20 +74,19 @@ def _grid(pipeline: Pipeline, model: Any) -> GridConfig:
 
 
 def _score_he(job: _Job, patches: PatchGrid) -> tuple[pd.DataFrame, list[str]]:
-    from wsi_ai.score.he import COLUMN, hematoxylin_density, score_params
-    from wsi_ai.store.table import write_table
+    from wsi_ai.score.he import COLUMN, score_to_table
 
     sc = job.pipeline.score
-    table = hematoxylin_density(
+    table = score_to_table(
         job.slide,
         patches.table,
+        patches.spec.as_dict(),
+        job.out / "scores.csv",
         mpp=sc.read_mpp,
         tissue_only=sc.tissue_only,
         workers=sc.workers,
         progress=job.progress,
     )
-    meta = {**patches.spec.as_dict(), "score": score_params(sc.read_mpp, sc.tissue_only)}
-    write_table(table, job.out / "scores.csv", meta=meta)
     return table, [COLUMN]
 
 

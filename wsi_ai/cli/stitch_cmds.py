@@ -89,8 +89,8 @@ def score_he(
       wsi-ai score-he CMU-1-Small-Region.svs -o scores.csv
       wsi-ai score-he slide.svs --patches grid.parquet --read-mpp 2 -o scores.parquet
     """
-    from wsi_ai.score.he import COLUMN, hematoxylin_density, score_params
-    from wsi_ai.store import read_table, table_format, write_table
+    from wsi_ai.score.he import COLUMN, score_to_table
+    from wsi_ai.store import read_table, table_format
     from wsi_ai.tiling import GridConfig, plan_patches
     from wsi_ai.tissue import TissueConfig
 
@@ -112,16 +112,17 @@ def score_he(
                 )
                 table, meta = made.table, made.spec.as_dict()
             with progress_bar("score-he") as update:
-                scored = hematoxylin_density(
+                scored = score_to_table(
                     s,
                     table,
+                    meta,
+                    out,
                     mpp=read_mpp,
                     tissue_only=tissue_only,
                     workers=workers,
                     progress=update,
+                    overwrite=overwrite,
                 )
-        meta = {**meta, "score": score_params(read_mpp, tissue_only)}
-        write_table(scored, out, meta=meta, overwrite=overwrite)
         values = scored[COLUMN]
         summary = {
             "slide": str(path),
@@ -264,10 +265,20 @@ def stitch(
     from wsi_ai.store import load_scores, score_columns
 
     options = MapOptions(
-        downsample=downsample, blend=blend, threshold=fixed, min_score=min_score,  # type: ignore[arg-type]
-        ignore_classes=ignore_class, min_area_um2=min_area, merge=merge, tiles=tiles, gzip=gz,
-        ngff=ngff, thumbnail_size=thumbnail_size, alpha=alpha, cmap=cmap,  # type: ignore[arg-type]
-    )  # fmt: skip
+        downsample=downsample,
+        blend=blend,  # type: ignore[arg-type]
+        threshold=fixed,
+        min_score=min_score,
+        ignore_classes=ignore_class,
+        min_area_um2=min_area,
+        merge=merge,
+        tiles=tiles,
+        gzip=gz,
+        ngff=ngff,  # type: ignore[arg-type]
+        thumbnail_size=thumbnail_size,
+        alpha=alpha,
+        cmap=cmap,
+    )
     paths = output_paths(out, options)
 
     def one(source: Path) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numba
@@ -201,3 +202,27 @@ def score_params(
         "tissue_only": tissue_only,
         "tissue_od": tissue_od,
     }
+
+
+def score_to_table(
+    slide: Slide,
+    table: pd.DataFrame,
+    meta: dict[str, Any],
+    out: Path,
+    *,
+    mpp: float | None = None,
+    tissue_only: bool = False,
+    workers: int = 4,
+    progress: Callable[[int, int], None] | None = None,
+    overwrite: bool = False,
+) -> pd.DataFrame:
+    """Score ``table`` (:func:`hematoxylin_density`) and write it to ``out`` (CSV, Parquet or
+    Zarr) with the grid's ``meta`` and the scoring parameters; return the scored table."""
+    from wsi_ai.store.table import write_table
+
+    scored = hematoxylin_density(
+        slide, table, mpp=mpp, tissue_only=tissue_only, workers=workers, progress=progress
+    )
+    meta = {**meta, "score": score_params(mpp, tissue_only)}
+    write_table(scored, out, meta=meta, overwrite=overwrite)
+    return scored
