@@ -49,8 +49,9 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from benchmarks.make_cohort import Cohort, make_cohort
 from benchmarks.make_slide import MASK_DOWNSAMPLE as DS
 from wsi_ai.errors import WsiAiError
+from wsi_ai.nn.predict import load_run, predict_store
 from wsi_ai.store import read_features
-from wsi_ai.train import TrainConfig, load_run, predict_store, train_run
+from wsi_ai.train import TrainConfig, train_run
 
 TARGET_OOF_AUC = 0.9
 TARGET_LOCALISATION_AUC = 0.8

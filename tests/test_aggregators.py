@@ -11,7 +11,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from wsi_ai.nn import GatedABMIL, ViTMIL
-from wsi_ai.nn.positions import grid_positions, sincos_2d
+from wsi_ai.nn.positions import sincos_2d
+from wsi_ai.store.bags import grid_positions
 
 DIM = 16
 

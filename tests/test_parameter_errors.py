@@ -18,10 +18,10 @@ import torch
 from wsi_ai.errors import InvalidInputError, ParameterError, WsiAiError
 from wsi_ai.export.ome_zarr import write_ome_zarr
 from wsi_ai.nn.mil import InputNorm, as_bag
-from wsi_ai.nn.positions import grid_positions
 from wsi_ai.nn.vit_mil import ViTMIL
 from wsi_ai.slide import open_slide
 from wsi_ai.stitch.contours import trace_regions
+from wsi_ai.store.bags import grid_positions
 from wsi_ai.tissue.detect import detect_tissue_rgb
 from wsi_ai.tissue.polygons import mask_to_polygons
 from wsi_ai.train.calibrate import fit_temperature

@@ -23,11 +23,13 @@ from sklearn.metrics import roc_auc_score
 from wsi_ai.cli.common import setup_logging
 from wsi_ai.cli.train_cmds import predict, train
 from wsi_ai.errors import InvalidInputError, ModelError
+from wsi_ai.nn.predict import load_run
+from wsi_ai.nn.probabilities import softmax
 from wsi_ai.store import write_features
-from wsi_ai.train import TrainConfig, load_run, train_run
+from wsi_ai.train import TrainConfig, train_run
 from wsi_ai.train.calibrate import fit_temperature
 from wsi_ai.train.data import load_dataset, make_folds
-from wsi_ai.train.metrics import auc, balanced_accuracy, mean_sd, nll, softmax
+from wsi_ai.train.metrics import auc, balanced_accuracy, mean_sd, nll
 
 MODEL = {"name": "toy-encoder", "sha256": "ab12cd"}
 FAST = ["--folds", "3", "--epochs", "15", "--patience", "5", "--lr", "5e-3", "--width", "32"]

@@ -63,7 +63,7 @@ Progress = Callable[[str, int, int], None]  # ("slides" | "patches", done, total
 
 @functools.lru_cache(maxsize=2)
 def _aggregator(run: str, device: str) -> Any:
-    from wsi_ai.train.predict import load_run
+    from wsi_ai.nn.predict import load_run
 
     return load_run(Path(run), device)
 
@@ -105,7 +105,7 @@ def model_identity(pipeline: Pipeline) -> dict[str, Any]:
         "random_init": m.random_init,
     }
     if pipeline.score.kind == "mil":
-        from wsi_ai.train.card import CARD_NAME, read_card
+        from wsi_ai.nn.aggregator_card import CARD_NAME, read_card
 
         assert pipeline.aggregator.run is not None
         agg = read_card(Path(pipeline.aggregator.run) / CARD_NAME)

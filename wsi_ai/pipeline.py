@@ -103,8 +103,8 @@ def _score_model(job: _Job, patches: PatchGrid) -> tuple[pd.DataFrame | None, li
         return None, []
     if kind == "classify":
         return read_features(store, with_embeddings=False).table(), list(job.model.card.classes)
-    from wsi_ai.train.data import load_bag
-    from wsi_ai.train.predict import check_compatible, predict_bag
+    from wsi_ai.nn.predict import check_compatible, predict_bag
+    from wsi_ai.store.bags import load_bag
 
     assert job.models is not None
     run = job.models.aggregator(job.pipeline)
@@ -153,6 +153,7 @@ def run_slide(
         mpp, (width, height) = slide.require_mpp(), slide.dimensions
         job.record["slide"] = {
             "name": path.name,
+            "path": str(Path(path).absolute()),  # run record only; reports show the name
             "dimensions": [width, height],
             "mpp": mpp,
             "vendor": slide.vendor,

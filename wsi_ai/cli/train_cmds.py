@@ -237,9 +237,8 @@ def predict(
     Example:
       wsi-ai predict --model run1 --features feats/ -o predictions/
     """
-    from wsi_ai.train import load_run, predict_store
-    from wsi_ai.train.data import find_stores
-    from wsi_ai.train.predict import RANDOM_WARNING
+    from wsi_ai.nn.predict import RANDOM_WARNING, load_run, predict_store
+    from wsi_ai.store.bags import find_stores
 
     loaded: list[Any] = []
     code = run_each([rundir], lambda p: loaded.append(load_run(p, device)))

@@ -2,7 +2,7 @@
 
 An aggregator takes one slide's patch embeddings ``[N, D]`` (or a padded batch ``[B, N, D]``
 with a ``mask [B, N]``, True for real patches) and patch grid positions ``[N, 2]`` (see
-:mod:`wsi_ai.nn.positions`), and returns a :class:`MILOutput`.
+:func:`wsi_ai.store.bags.grid_positions`), and returns a :class:`MILOutput`.
 
 Every aggregator first standardises its input with :class:`InputNorm`: per-dimension mean and
 standard deviation measured on the training patches (buffers, so they travel with the

@@ -7,6 +7,7 @@ negative log-likelihood of the out-of-fold predictions plus a weak Gaussian prio
 where plain NLL would drive ``T`` to 0 and every calibrated confidence to exactly 1; with a
 hundred or more slides it moves ``T`` by a few percent at most. The class ranking, hence AUC
 and accuracy, is unchanged; only confidence moves (``T > 1``: the model was overconfident).
+Applying ``T`` is :func:`wsi_ai.nn.probabilities.calibrated`'s.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from wsi_ai.errors import ParameterError
-from wsi_ai.train.metrics import nll, softmax
+from wsi_ai.train.metrics import nll
 
 LOG_T_RANGE = (math.log(0.05), math.log(20.0))
 
@@ -58,8 +59,3 @@ def fit_temperature(
             b = lo + ratio * (hi - lo)
             fb = loss(b)
     return float(math.exp((lo + hi) / 2))
-
-
-def calibrated(logits: NDArray[np.floating], temperature: float) -> NDArray[np.float64]:
-    """Calibrated class probabilities ``softmax(logits / T)``."""
-    return softmax(np.asarray(logits, dtype=np.float64) / temperature)

@@ -28,27 +28,22 @@ from safetensors.torch import save_file
 
 from wsi_ai import __version__
 from wsi_ai.errors import InvalidInputError, ParameterError
-from wsi_ai.outputs import atomic_output, check_output
-from wsi_ai.train.calibrate import calibrated, fit_temperature
-from wsi_ai.train.card import (
+from wsi_ai.nn.aggregator_card import (
     CARD_NAME,
     WEIGHTS_NAME,
     AggregatorCard,
     build_aggregator,
     full_hyperparameters,
-    sha256_file,
-    write_card,
 )
+from wsi_ai.nn.forward import resolve_device
+from wsi_ai.nn.probabilities import calibrated, softmax
+from wsi_ai.nn.weights import file_sha256
+from wsi_ai.outputs import atomic_output, check_output
+from wsi_ai.train.calibrate import fit_temperature
+from wsi_ai.train.card import write_card
 from wsi_ai.train.data import Dataset, load_dataset, make_folds, validation_split
-from wsi_ai.train.loop import (
-    FitResult,
-    TrainConfig,
-    fit,
-    resolve_device,
-    seed_everything,
-    slide_logits,
-)
-from wsi_ai.train.metrics import auc, balanced_accuracy, ece, mean_sd, nll, softmax
+from wsi_ai.train.loop import FitResult, TrainConfig, fit, seed_everything, slide_logits
+from wsi_ai.train.metrics import auc, balanced_accuracy, ece, mean_sd, nll
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +210,7 @@ def train_run(
             classes=data.classes,
             hyperparameters=dict(config.hyperparameters),
             temperature=temperature,
-            sha256=sha256_file(tmp / WEIGHTS_NAME),
+            sha256=file_sha256(tmp / WEIGHTS_NAME),
             features_model=data.features_model,
             training={
                 "wsi_ai_version": __version__,

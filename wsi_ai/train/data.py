@@ -5,7 +5,8 @@ name with its extension (``a.svs``) or the store's name (``a.zarr``) are accepte
 Labels are read as text; classes are their sorted unique values. Everything that would make
 training meaningless (a slide without features, a class with one slide, mixed embedding
 models) is an :class:`~wsi_ai.errors.InvalidInputError` naming the CSV and what is wrong.
-Embeddings stay float16 in memory (``N x D x 2`` bytes per slide).
+Embeddings stay float16 in memory (``N x D x 2`` bytes per slide); each store is read as a
+:class:`~wsi_ai.store.bags.SlideBag` (:func:`~wsi_ai.store.bags.load_bag`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,23 +22,12 @@ from numpy.typing import NDArray
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from wsi_ai.errors import InvalidInputError
-from wsi_ai.nn.positions import grid_positions
-from wsi_ai.store.features import read_features
+from wsi_ai.store.bags import SlideBag, find_stores, load_bag
 
 # Patch-table columns a class name must not shadow (the stitcher treats them as geometry).
 RESERVED_COLUMNS = frozenset(
     {"x", "y", "width", "height", "level", "tissue_fraction", "attention", "slide"}
 )
-
-
-@dataclass(frozen=True)
-class SlideBag:
-    """One slide's patches as the aggregators see them."""
-
-    name: str
-    embeddings: NDArray[np.float16]  # [N, D]
-    positions: NDArray[np.float32]  # [N, 2] grid units (patch centres / patch size)
-    coords: NDArray[np.int64]  # [N, 4] level-0 x, y, width, height
 
 
 @dataclass(frozen=True)
@@ -106,60 +95,12 @@ def read_labels(path: Path) -> LabelTable:
     return LabelTable(path, tuple(table["slide"]), tuple(table["label"]), folds)
 
 
-def find_stores(features: Path) -> dict[str, Path]:
-    """Features stores by slide stem: ``features`` is a folder of ``*.zarr``, one store, or a
-    ``wsi-ai run`` output folder (``slides/<slide>/features.zarr``)."""
-    if features.suffix == ".zarr" and features.is_dir():
-        return {features.name.removesuffix(".zarr"): features}
-    if not features.is_dir():
-        raise InvalidInputError("features folder not found; run `wsi-ai embed` first", features)
-    run = sorted((features / "slides").glob("*/features.zarr"))
-    if run:
-        return {Path(p.parent.name).stem: p for p in run}
-    stores = {p.name.removesuffix(".zarr"): p for p in sorted(features.glob("*.zarr"))}
-    if not stores:
-        raise InvalidInputError("no <slide>.zarr features stores in this folder", features)
-    return stores
-
-
 def match_store(name: str, stores: Mapping[str, Path]) -> Path | None:
     """The store for a labels-CSV slide name (with or without extension)."""
     for key in (name, name.removesuffix(".zarr"), Path(name).stem):
         if key in stores:
             return stores[key]
     return None
-
-
-def features_identity(attrs: Mapping[str, Any]) -> dict[str, str]:
-    """What made a features store's embeddings: card ``name`` and ``sha256``, whether the
-    backbone had ``random_init`` weights (``"true"``/``"false"``) and the ``weights_sha256``
-    of the weights file, as far as the store's attributes say.
-
-    Accepts ``model`` as a name or a table with ``name``/``sha256``, and flat ``model_name``,
-    ``model_sha256``/``model_hash``/``card_sha256`` keys; absent values are left out.
-    """
-    found: dict[str, str] = {}
-    model = attrs.get("model")
-    if isinstance(model, Mapping):
-        for key in ("name", "sha256"):
-            if model.get(key):
-                found[key] = str(model[key])
-    elif model:
-        found["name"] = str(model)
-    for key in ("model_name", "card", "card_name"):
-        if attrs.get(key) and "name" not in found:
-            found["name"] = str(attrs[key])
-    for key in ("model_sha256", "model_hash", "card_sha256", "card_hash"):
-        if attrs.get(key) and "sha256" not in found:
-            found["sha256"] = str(attrs[key])
-    backbone = attrs.get("backbone")
-    backbone = backbone if isinstance(backbone, Mapping) else {}
-    random_init = attrs.get("random_init", backbone.get("random_init"))
-    if isinstance(random_init, bool):
-        found["random_init"] = "true" if random_init else "false"
-    if backbone.get("weights_sha256"):
-        found["weights_sha256"] = str(backbone["weights_sha256"])
-    return found
 
 
 def describe_mix(identities: list[dict[str, str]]) -> str:
@@ -173,16 +114,6 @@ def describe_mix(identities: list[dict[str, str]]) -> str:
     if len({i.get("weights_sha256") for i in identities}) > 1:
         return "the same card with different weights files"
     return f"different embedding models ({_names(sorted(map(str, identities)))})"
-
-
-def load_bag(path: Path) -> tuple[SlideBag, dict[str, str]]:
-    """Read one features store as a :class:`SlideBag` plus its embedding model's identity."""
-    feats = read_features(path)
-    if feats.embeddings is None or len(feats) == 0:
-        raise InvalidInputError("features store has no patch embeddings", path)
-    emb = np.asarray(feats.embeddings, dtype=np.float16)
-    bag = SlideBag(feats.name, emb, grid_positions(feats.coords), feats.coords)
-    return bag, features_identity(feats.attrs)
 
 
 def load_dataset(labels_csv: Path, features: Path, folds: int) -> Dataset:

@@ -16,7 +16,6 @@ bit for bit; CUDA kernels (attention backward) may differ in the last bits.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 from collections.abc import Mapping, Sequence
@@ -29,9 +28,9 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 from torch import nn
 
-from wsi_ai.errors import InvalidInputError
-from wsi_ai.nn.mil import InputNorm, MILOutput
-from wsi_ai.train.data import SlideBag
+from wsi_ai.nn.forward import autocast, bag_tensors, resolve_device, run_bag
+from wsi_ai.nn.mil import InputNorm
+from wsi_ai.store.bags import SlideBag
 
 
 @dataclass(frozen=True)
@@ -70,43 +69,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else is passed to torch."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise InvalidInputError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidInputError(f"device {name!r} asked for, but CUDA is not available here")
-    return device
-
-
-def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """bfloat16 autocast on CUDA (flash attention), nothing on CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def bag_tensors(
-    bag: SlideBag,
-    device: torch.device,
-    max_tokens: int = 0,
-    rng: np.random.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Embeddings ``[n, D]`` float32 and positions ``[n, 2]`` on ``device``; ``n`` is at most
-    ``max_tokens`` (random patches, kept in slide order) when ``max_tokens > 0`` and ``rng``."""
-    n = bag.embeddings.shape[0]
-    emb, pos = bag.embeddings, bag.positions
-    if rng is not None and 0 < max_tokens < n:
-        pick = np.sort(rng.choice(n, size=max_tokens, replace=False))
-        emb, pos = emb[pick], pos[pick]
-    x = torch.from_numpy(np.ascontiguousarray(emb)).to(device=device, dtype=torch.float32)
-    return x, torch.from_numpy(np.ascontiguousarray(pos)).to(device)
-
-
 def class_weights(y: NDArray[np.integer], n_classes: int) -> torch.Tensor:
     """``n / (C * n_c)`` for classes present in ``y``, 0 for absent ones."""
     counts = np.bincount(np.asarray(y), minlength=n_classes).astype(np.float64)
@@ -114,16 +76,6 @@ def class_weights(y: NDArray[np.integer], n_classes: int) -> torch.Tensor:
     weights = np.zeros(n_classes)
     weights[present] = len(y) / (present.sum() * counts[present])
     return torch.tensor(weights, dtype=torch.float32)
-
-
-@torch.no_grad()
-def run_bag(model: nn.Module, bag: SlideBag, device: torch.device) -> MILOutput:
-    """One slide through the model in eval mode with every patch; outputs float32 on CPU."""
-    model.eval()
-    x, pos = bag_tensors(bag, device)
-    with autocast(device):
-        out = model(x, pos)
-    return MILOutput(*(t.float().cpu() for t in (out.logits, out.patch_logits, out.attention)))
 
 
 def slide_logits(model: nn.Module, bags: Sequence[SlideBag], device: torch.device) -> NDArray:

@@ -14,6 +14,8 @@ import numpy as np
 from numpy.typing import NDArray
 from sklearn.metrics import roc_auc_score
 
+from wsi_ai.nn.probabilities import log_softmax
+
 
 def auc(y: NDArray[np.integer], prob: NDArray[np.floating]) -> float | None:
     """ROC AUC. Two classes: of class 1's probability. More: macro average of the
@@ -40,16 +42,6 @@ def balanced_accuracy(y: NDArray[np.integer], prob: NDArray[np.floating]) -> flo
     pred = np.asarray(prob).argmax(axis=1)
     recalls = [float((pred[y == c] == c).mean()) for c in np.unique(y)]
     return float(np.mean(recalls))
-
-
-def log_softmax(logits: NDArray[np.floating]) -> NDArray[np.float64]:
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-
-
-def softmax(logits: NDArray[np.floating]) -> NDArray[np.float64]:
-    return np.exp(log_softmax(logits))
 
 
 def nll(y: NDArray[np.integer], logits: NDArray[np.floating]) -> float:

@@ -1,4 +1,4 @@
-"""``wsi-ai predict``: a trained run folder applied to features stores.
+"""``wsi-ai predict``: a trained aggregator run folder applied to features stores.
 
 For each ``<slide>.zarr`` it writes
 
@@ -27,12 +27,12 @@ from torch import nn
 
 from wsi_ai import __version__
 from wsi_ai.errors import InvalidInputError, ModelError
+from wsi_ai.nn.aggregator_card import CARD_NAME, AggregatorCard, read_card
+from wsi_ai.nn.forward import resolve_device, run_bag
+from wsi_ai.nn.probabilities import calibrated, softmax
+from wsi_ai.nn.weights import file_sha256
 from wsi_ai.outputs import atomic_output, check_output
-from wsi_ai.train.calibrate import calibrated
-from wsi_ai.train.card import CARD_NAME, AggregatorCard, read_card, sha256_file
-from wsi_ai.train.data import SlideBag, load_bag
-from wsi_ai.train.loop import resolve_device, run_bag
-from wsi_ai.train.metrics import softmax
+from wsi_ai.store.bags import SlideBag, load_bag
 
 RANDOM_WARNING = (
     "trained on features from a backbone with RANDOM weights (--random-init): "
@@ -56,7 +56,7 @@ def load_run(rundir: Path, device: str = "auto") -> TrainedAggregator:
     weights = rundir / card.weights
     if not weights.is_file():
         raise ModelError(f"weights {card.weights} named by the card are missing", rundir)
-    if card.sha256 and sha256_file(weights) != card.sha256:
+    if card.sha256 and file_sha256(weights) != card.sha256:
         raise ModelError("weights do not match the card's sha256; retrain or restore them", weights)
     model = card.build()
     try:
