@@ -8,6 +8,7 @@ from wsi_ai import __version__
 from wsi_ai.cli.common import setup_logging
 from wsi_ai.cli.engine_cmds import embed, score
 from wsi_ai.cli.model_cmds import models
+from wsi_ai.cli.review_cmds import export_qupath
 from wsi_ai.cli.run_cmds import run
 from wsi_ai.cli.slide_cmds import convert, info, tiles, tissue
 from wsi_ai.cli.stitch_cmds import annotations_group, score_he, stitch
@@ -37,6 +38,7 @@ def main(verbose: bool, debug: bool) -> None:
 
 for command in (
     run,
+    export_qupath,
     info,
     convert,
     tissue,
