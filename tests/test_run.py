@@ -70,10 +70,14 @@ def test_he_density_mixed_batch_then_resume(batch: Path, tmp_path: Path) -> None
             "tissue.geojson",
             "thumbnail.png",
             "grid.png",
+            "report.html",
         ):
             assert (folder / file).is_file(), file
     assert sorted(p.name for p in (out / "slides").iterdir()) == ["a.svs", "b.svs"]
+    assert (out / "summary.html").is_file()
     summary = pd.read_csv(out / "summary.csv")
+    assert list(summary["status"][:2]) == ["failed", "failed"]  # triage: failures first
+    assert {"blur_fraction", "pen_fraction", "qc_flags"} <= set(summary.columns)
     assert dict(zip(summary["slide"], summary["status"], strict=True)) == {
         "a.svs": "done",
         "b.svs": "done",
@@ -87,7 +91,7 @@ def test_he_density_mixed_batch_then_resume(batch: Path, tmp_path: Path) -> None
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "finished" and run["counts"] == {"done": 2, "skipped": 0, "failed": 2}
     assert run["pipeline"]["name"] == "he-density" and len(run["pipeline"]["file_sha256"]) == 64
-    assert {"tissue", "grid", "score", "stitch"} <= set(run["stages"])
+    assert {"tissue", "grid", "qc", "score", "stitch"} <= set(run["stages"])
     assert run["versions"]["wsi-ai"] and list((out / "logs").glob("run-*.log"))
     assert not (out / ".wsi-ai-run.lock").read_text()
 
@@ -129,8 +133,17 @@ def test_tissue_qc_and_manifest_columns(
     report = json.loads(stdout)
     assert report["counts"] == {"done": 2, "skipped": 0, "failed": 1}
     summary = pd.read_csv(out / "summary.csv")
-    assert list(summary["site"]) == ["leeds", "york", "york"]
-    assert list(summary["label"]) == ["tumour", "normal", "normal"]
+    rows = summary.set_index("slide")
+    assert rows.loc["missing.svs", "status"] == "failed"  # triage order: failures first
+    assert summary["slide"].iloc[0] == "missing.svs"
+    assert (rows.loc[cmu_small.name, "site"], rows.loc[cmu_small.name, "label"]) == (
+        "leeds",
+        "tumour",
+    )
+    assert (rows.loc[skin_striped.name, "site"], rows.loc[skin_striped.name, "label"]) == (
+        "york",
+        "normal",
+    )
     slide = out / "slides" / cmu_small.name
     for file in ("tissue.geojson", "tissue-mask.png", "thumbnail.png", "grid.png", "patches.csv"):
         assert (slide / file).is_file()
@@ -277,3 +290,19 @@ def test_models_pipelines_features_classify_and_mil(
     assert code == 0, stderr
     folder = out / "slides" / "cmu1.svs"
     assert (folder / "features.zarr").is_dir() and (folder / "regions.geojson").is_file()
+
+
+def test_ctrl_c_exits_130_with_one_line(
+    cmu_small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wsi_ai import batch as batch_module
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(batch_module, "run_batch", interrupted)
+    code, _, stderr = wsi(
+        "run", cmu_small, "-p", PIPELINES / "tissue-qc.toml", "-o", tmp_path / "o"
+    )
+    assert code == 130
+    assert stderr.strip().splitlines() == ["interrupted: outputs in progress were not kept"]

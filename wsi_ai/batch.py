@@ -45,6 +45,7 @@ from wsi_ai.inputs import SlideInput, fingerprint
 from wsi_ai.outputs import MARKER
 from wsi_ai.pipeline import run_slide
 from wsi_ai.pipeline_config import Pipeline, file_sha256
+from wsi_ai.report import write_slide_report
 from wsi_ai.run_records import (
     SlideOutcome,
     machine,
@@ -54,6 +55,7 @@ from wsi_ai.run_records import (
     write_run,
     write_summary,
 )
+from wsi_ai.slide import open_slide
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +149,9 @@ def process_slide(
         )
         record.update(identity=identity, pipeline=pipeline.name, wsi_ai_version=__version__)
         record["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+        if pipeline.export.report:
+            with open_slide(item.path, mpp_override=item.slide_mpp) as slide:
+                write_slide_report(tmp, record, slide)
         (tmp / MARKER).write_text("written by wsi-ai\n")
         (tmp / SLIDE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
         _install(tmp, final)

@@ -7,10 +7,11 @@ the library's own functions; models come from ``models`` (built once per worker,
 :class:`wsi_ai.batch.WorkerModels`) so many slides share them.
 
 Per-slide files: ``tissue.geojson``, ``tissue-mask.png``, ``thumbnail.png``, ``grid.png``,
-``patches.csv``; the score stage's ``scores.csv`` (he), ``features.zarr`` (embed, classify,
-mil) and ``prediction.json`` + ``patch_scores.csv`` (mil); the stitcher's ``heatmap.png``,
-``overlay.png``, ``regions.geojson`` and ``heatmap.ome.zarr``. The review outputs (report,
-QC measures) join the same folder.
+``patches.csv``, ``qc.geojson`` (the record's ``qc``: blur, pen, bubbles, stain vectors); the
+score stage's ``scores.csv`` (he), ``features.zarr`` (embed, classify, mil) and
+``prediction.json`` + ``patch_scores.csv`` (mil); the stitcher's ``heatmap.png``,
+``overlay.png``, ``regions.geojson`` and ``heatmap.ome.zarr``; :mod:`wsi_ai.batch` adds
+``report.html`` and ``slide.json``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import pandas as pd
 from wsi_ai.errors import InvalidInputError
 from wsi_ai.export.qc import write_qc_files
 from wsi_ai.pipeline_config import Pipeline
+from wsi_ai.qc import slide_qc
 from wsi_ai.slide import Slide, open_slide
 from wsi_ai.tiling import GridConfig, PatchGrid, plan_patches
 from wsi_ai.tissue import TissueConfig, detect_tissue
@@ -172,8 +174,13 @@ def run_slide(
         with job.stage("grid"):
             patches = plan_patches(slide, tissue, _grid(pipeline, job.model), found)
         job.record["patches"] = len(patches)
+        qc = None
+        if found is not None and pipeline.export.qc:
+            with job.stage("qc"):
+                qc = slide_qc(slide, found, patches)
+            job.record["qc"] = qc.as_dict()
         with job.stage("qc_exports"):
-            write_qc_files(slide, pipeline, found, patches, out_dir)
+            write_qc_files(slide, pipeline, found, patches, out_dir, qc)
         table: pd.DataFrame | None = None
         columns: list[str] = []
         with job.stage("score"):

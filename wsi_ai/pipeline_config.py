@@ -158,6 +158,9 @@ class ExportStage:
     thumbnail: bool = True
     grid_preview: bool = True
     patch_table: bool = True
+    qc: bool = True  # blur, pen, bubbles and stain vectors on the tissue (needs [tissue])
+    qc_geojson: bool = True
+    report: bool = True  # report.html per slide, summary.html for the batch
     thumbnail_size: int = 1024
 
     def __post_init__(self) -> None:

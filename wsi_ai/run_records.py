@@ -30,6 +30,8 @@ from wsi_ai import __version__
 from wsi_ai.errors import OutputError
 from wsi_ai.inputs import SlideInput
 from wsi_ai.outputs import atomic_output
+from wsi_ai.qc import cohort_outliers
+from wsi_ai.report import triage_order, write_cohort_report
 
 log = logging.getLogger(__name__)
 
@@ -135,14 +137,29 @@ SUMMARY_COLUMNS = (
     "probability",
     "confidence",
     "random_init",
+    "blur_fraction",
+    "pen_fraction",
+    "bubble_fraction",
+    "qc_flags",
     "seconds",
     "warnings",
 )
 
 
+def qc_flags(outcomes: Sequence[SlideOutcome]) -> list[list[str]]:
+    """Per outcome, the QC measures that are outliers of the batch (robust z-score)."""
+    measured = [i for i, o in enumerate(outcomes) if o.record.get("qc")]
+    flags: list[list[str]] = [[] for _ in outcomes]
+    found = cohort_outliers([outcomes[i].record["qc"] for i in measured])
+    for index, names in zip(measured, found, strict=True):
+        flags[index] = names
+    return flags
+
+
 def summary_rows(outcomes: Sequence[SlideOutcome]) -> list[dict[str, Any]]:
+    """One row per input, ranked for triage (failures, then most suspicious, least sure)."""
     rows = []
-    for o in outcomes:
+    for o, flags in zip(outcomes, qc_flags(outcomes), strict=True):
         r, pred = o.record, o.record.get("prediction") or {}
         row: dict[str, Any] = {
             "slide": o.input.name,
@@ -154,14 +171,17 @@ def summary_rows(outcomes: Sequence[SlideOutcome]) -> list[dict[str, Any]]:
         for key in ("patches", "tissue_fraction", "tissue_area_mm2", "regions", "random_init"):
             row[key] = r.get(key, "")
         row.update({k: pred.get(k, "") for k in ("class", "probability", "confidence")})
+        qc = r.get("qc") or {}
+        row.update({k: qc.get(k, "") for k in ("blur_fraction", "pen_fraction", "bubble_fraction")})
+        row["qc_flags"] = "; ".join(flags)
         row["seconds"] = round(sum((r.get("stages") or {}).values()), 3) if r else ""
         row["warnings"] = "; ".join(r.get("warnings", []))
         rows.append(row | dict(o.input.metadata))
-    return rows
+    return triage_order(rows)
 
 
 def write_summary(out: Path, outcomes: Sequence[SlideOutcome]) -> None:
-    """``summary.csv`` and ``errors.json``, each replaced atomically."""
+    """``summary.csv``, ``errors.json`` and ``summary.html``, each replaced atomically."""
     rows = summary_rows(outcomes)
     extra = [k for r in rows for k in r if k not in SUMMARY_COLUMNS]
     columns = [*SUMMARY_COLUMNS, *dict.fromkeys(extra)]
@@ -185,6 +205,7 @@ def write_summary(out: Path, outcomes: Sequence[SlideOutcome]) -> None:
     ):
         with atomic_output(out / name, overwrite=True) as tmp:
             tmp.write_text(content)
+    write_cohort_report(out, rows)
 
 
 @contextmanager

@@ -15,7 +15,21 @@ from wsi_ai.cli.stitch_cmds import annotations_group, score_he, stitch
 from wsi_ai.cli.train_cmds import predict, train
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Main(click.Group):
+    """The command group: Ctrl-C ends any command with exit code 130 and one line."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("interrupted: outputs in progress were not kept", err=True)
+            raise SystemExit(130) from None
+
+
+@click.group(
+    cls=_Main,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="wsi-ai")
 @click.option("-v", "--verbose", is_flag=True, help="Also print progress notes (log level INFO).")
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")

@@ -1,4 +1,4 @@
-"""The per-slide QC files of a pipeline run: tissue annotations and mask, thumbnail, grid."""
+"""The per-slide QC files of a pipeline run: tissue, QC regions, thumbnail, grid, patches."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 from wsi_ai import __version__
 from wsi_ai.export.geojson import write_geojson
 from wsi_ai.pipeline_config import Pipeline
+from wsi_ai.qc import SlideQC, qc_annotations
 from wsi_ai.slide import Slide
 from wsi_ai.store.table import write_table
 from wsi_ai.tiling import PatchGrid
@@ -29,10 +30,21 @@ def provenance(slide: Slide, pipeline: Pipeline, stage: str) -> dict[str, Any]:
 
 
 def write_qc_files(
-    slide: Slide, pipeline: Pipeline, found: TissueMask | None, patches: PatchGrid, out: Path
+    slide: Slide,
+    pipeline: Pipeline,
+    found: TissueMask | None,
+    patches: PatchGrid,
+    out: Path,
+    qc: SlideQC | None = None,
 ) -> None:
-    """The per-slide QC files a pipeline's ``[export]`` asks for, written into ``out``."""
+    """The per-slide QC files a pipeline's ``[export]`` asks for, written into ``out``:
+    tissue annotations and mask, thumbnail, grid preview, patch table, and ``qc.geojson``
+    (pen, bubble and blurry-patch regions as QuPath classes of their own; only when the
+    slide has any: an empty file would make QuPath say "No objects found")."""
     ex = pipeline.export
+    if qc is not None and ex.qc_geojson and qc.annotations:
+        record = provenance(slide, pipeline, "qc")
+        write_geojson(out / "qc.geojson", qc_annotations(qc), provenance=record)
     if found is not None and ex.tissue_geojson:
         mpp = None if slide.mpp is None else slide.mpp.mean
         record = provenance(slide, pipeline, "tissue")
