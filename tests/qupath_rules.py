@@ -7,8 +7,10 @@ when QuPath would import the document without throwing and without silently losi
 ``strict=True`` adds wsi-ai's own rules for files we write: a FeatureCollection, every feature
 a ``"Feature"`` with a UUID ``id``, classifications in the object form with a colour, areas
 (detection, tile, cell) only as Polygon/MultiPolygon, never a GeometryCollection, geometries
-fully valid after 0.01 px snapping and not collapsing, flat numeric measurements and flat
-string metadata. Third-party files are checked with ``strict=False``.
+fully valid after 0.01 px snapping and not collapsing, polygon rings in RFC 7946 order
+(exterior counter-clockwise, holes clockwise, in the numbers as written: a positive shoelace
+area for an exterior), flat numeric measurements and flat string metadata. Third-party files
+are checked with ``strict=False`` (QuPath ignores ring orientation).
 """
 
 from __future__ import annotations
@@ -293,12 +295,30 @@ def _geometry(geom: Any, where: str, problems: list[str], strict: bool, object_t
                     problems.append(f"{here}: not closed (first position != last; throws)")
         if len(problems) > before:
             return
+        if strict:
+            _orientation(polygons, where, problems)
     elif kind == "LineString" and len(geom["coordinates"]) == 1:
         problems.append(f"{where}: a LineString needs 0 or >= 2 positions")
         return
     if strict and object_type in _AREA_TYPES and kind not in ("Polygon", "MultiPolygon"):
         problems.append(f"{where}: a {object_type} must be a Polygon or MultiPolygon, not {kind}")
     _snapped_validity(geom, kind, where, problems, strict)
+
+
+def _orientation(polygons: list[Any], where: str, problems: list[str]) -> None:
+    """wsi-ai writes RFC 7946 rings: exterior counter-clockwise, holes clockwise, judged on the
+    numbers as written (x right, y down), i.e. by the sign of the shoelace area."""
+    for p, rings in enumerate(polygons):
+        for r, ring in enumerate(rings):
+            xy = np.asarray(_to_floats(ring), dtype=np.float64)[:, :2]
+            area = float(np.dot(xy[:-1, 0], xy[1:, 1]) - np.dot(xy[1:, 0], xy[:-1, 1])) / 2.0
+            if (area > 0) != (r == 0):
+                turn = "clockwise" if area < 0 else "counter-clockwise" if area > 0 else "flat"
+                problems.append(
+                    f"{where} polygon {p}: {'exterior' if r == 0 else 'hole'} ring {r} is {turn} "
+                    f"(signed area {area:g}); wsi-ai writes RFC 7946 rings: exterior "
+                    "counter-clockwise, holes clockwise, in the numbers as written"
+                )
 
 
 def _nested(coords: Any, depth: int, where: str, problems: list[str], strict: bool) -> None:

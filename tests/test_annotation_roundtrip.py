@@ -7,8 +7,10 @@ is wsi-ai's QuPath-safe GeoJSON writer (``.geojson`` and ``.geojson.gz``).
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -54,6 +56,8 @@ def assert_same(before: Annotation, after: Annotation) -> None:
     assert after.object_type == before.object_type
     assert after.name == before.name
     assert after.color == before.color
+    if before.class_color is not None and before.classification is not None:
+        assert after.class_color == before.class_color
     assert after.locked == before.locked
     assert _same_measurements(before.measurements, after.measurements)
     if before.nucleus_geometry is not None:
@@ -73,6 +77,10 @@ def test_import_export_import_keeps_everything(
     out = tmp_path / f"roundtrip{suffix}"
     report = write_geojson(out, first, provenance={"source": source.name})
     assert (report.written, report.repaired, report.dropped) == (len(first), 0, 0)
+    # deterministic: the same annotations give the same bytes (ids, gzip header, no dates)
+    rerun = tmp_path / f"rerun{suffix}"
+    write_geojson(rerun, _read(source), provenance={"source": source.name})
+    assert rerun.read_bytes() == out.read_bytes()
     second = read_qupath_geojson(out)
     assert len(second) == len(first)
     for before, after in zip(first, second, strict=True):
@@ -93,3 +101,19 @@ def test_ids_survive_when_they_are_uuids(shared, tmp_path: Path) -> None:
     out = tmp_path / "ids.geojson"
     write_geojson(out, first)
     assert [a.id for a in read_qupath_geojson(out)] == [a.id for a in first]
+
+
+def test_asap_colours_become_qupath_object_and_class_colours(shared, tmp_path: Path) -> None:
+    """Each <Annotation Color> is the object's ``color``; its group's is the class colour."""
+    source = shared("annotations/asap_xml/camelyon16_tumor_076.xml")
+    out = tmp_path / "t76.geojson"
+    write_geojson(out, _read(source))
+    features = json.loads(out.read_text(encoding="utf-8"))["features"]
+    assert features[0]["properties"]["name"] == "Tumor1"
+    assert features[0]["properties"]["color"] == [0, 170, 0]  # Color="#00aa00"
+    assert features[0]["properties"]["classification"] == {
+        "name": "metastasis",
+        "color": [100, 254, 46],  # the group's Color="#64FE2E"
+    }
+    own = Counter(tuple(f["properties"]["color"]) for f in features)
+    assert own == {(0, 170, 0): 38, (0xF4, 0xFA, 0x58): 1}

@@ -6,11 +6,12 @@ read from the files; hand-made files cover splines, holes, bad input and hostile
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from collections import Counter
 
 import pytest
 import shapely
-from shapely.geometry import LineString, MultiPoint, MultiPolygon, Point, Polygon
+from shapely.geometry import LineString, MultiPoint, MultiPolygon, Point, Polygon, box
 
 from tests.test_annotations_import import QP, _quiet_read
 from wsi_ai.annotations import (
@@ -57,14 +58,14 @@ def test_camelyon_colours_splines_and_repairs(shared):
     assert report.repaired == 3  # annotations _2, _3 and _5 self-intersect
     assert [a.name for a in tumor9] == ["_0", "_1", "_2", "_3", "_4", "_5"]
     first = tumor9[0]
-    assert first.color == (0, 0, 255)  # group "metastasis" Color="#0000ff"
-    assert first.properties["asap_color"] == (0xF4, 0xFA, 0x58)  # its own Color="#F4FA58"
-    assert first.properties["asap_type"] == "Spline"
+    assert first.color == (0xF4, 0xFA, 0x58)  # its own Color="#F4FA58"
+    assert first.class_color == (0, 0, 255)  # group "metastasis" Color="#0000ff"
+    assert first.properties == {"asap_type": "Spline"}
     # splines: the control points are the vertices (as ASAP's AnnotationToMask fills them)
     assert first.geometry.exterior.coords[0] == (79581.2031, 75651.6016)
     tumor76 = _quiet_read(read_asap_xml, shared(ASAP + "camelyon16_tumor_076.xml"))
-    assert tumor76[0].name == "Tumor1" and tumor76[0].color == (100, 254, 46)
-    assert tumor76[0].properties["asap_color"] == (0, 170, 0)
+    assert tumor76[0].name == "Tumor1" and tumor76[0].color == (0, 170, 0)
+    assert tumor76[0].class_color == (100, 254, 46)
     assert tumor76[0].geometry.exterior.coords[0] == (11347.0, 29510.8008)
 
 
@@ -77,14 +78,22 @@ def _asap(annotations: str, groups: str = "") -> str:
     )
 
 
-def _ann(name: str, kind: str, group: str, points: list[tuple[str, str]], order=None) -> str:
+def _ann(
+    name: str,
+    kind: str,
+    group: str,
+    points: list[tuple[str, str]],
+    order=None,
+    color: str | None = "#F4FA58",
+) -> str:
     order = order or list(range(len(points)))
     coords = "".join(
         f'<Coordinate Order="{o}" X="{x}" Y="{y}" />'
         for o, (x, y) in zip(order, points, strict=True)
     )
+    color_attribute = "" if color is None else f' Color="{color}"'
     return (
-        f'<Annotation Name="{name}" Type="{kind}" PartOfGroup="{group}" Color="#F4FA58">'
+        f'<Annotation Name="{name}" Type="{kind}" PartOfGroup="{group}"{color_attribute}>'
         f"<Coordinates>{coords}</Coordinates></Annotation>"
     )
 
@@ -107,13 +116,39 @@ def test_asap_types_order_and_decimal_comma(tmp_path):
     path = tmp_path / "a.xml"
     path.write_text(text)
     poly, rect, dot, pointset, measure = read_asap_xml(path)
-    assert (poly.classification, poly.color) == ("tumor", (255, 0, 0))
+    assert (poly.classification, poly.class_color) == ("tumor", (255, 0, 0))
+    assert poly.color == (0xF4, 0xFA, 0x58)  # its own Color
     assert poly.geometry.area == pytest.approx(105.0)  # "10,5" read as 10.5
     # placed by Order, not by document order: a valid 4x4 square
     assert rect.classification is None and rect.geometry.is_valid and rect.geometry.area == 16
     assert dot.geometry == Point(3.5, 4.5)
     assert isinstance(pointset.geometry, MultiPoint) and len(pointset.geometry.geoms) == 2
     assert isinstance(measure.geometry, LineString) and measure.geometry.length == 5
+
+
+@pytest.mark.parametrize(
+    ("group", "own", "expected_color", "expected_class_color"),
+    [
+        ("tumor", "#00AA00", (0, 170, 0), (255, 0, 0)),  # own colour kept, group's as class
+        ("tumor", None, (255, 0, 0), (255, 0, 0)),  # no own colour: the group's (fallback)
+        ("None", "#00AA00", (0, 170, 0), None),  # ungrouped
+        ("undeclared", "#00aa00", (0, 170, 0), None),  # a group without a colour
+        ("tumor", "#xyz", (255, 0, 0), (255, 0, 0)),  # a bad own colour is warned and ignored
+    ],
+    ids=["own-and-group", "group-only", "ungrouped", "undeclared-group", "bad-own"],
+)
+def test_per_annotation_colour_is_kept(tmp_path, group, own, expected_color, expected_class_color):
+    text = _asap(
+        _ann("a", "Polygon", group, _square(0, 0, 4), color=own),
+        '<Group Name="tumor" PartOfGroup="None" Color="#FF0000"><Attributes /></Group>',
+    )
+    path = tmp_path / "c.xml"
+    path.write_text(text)
+    report = ImportReport()
+    (a,) = read_asap_xml(path, report=report)
+    assert (a.color, a.class_color) == (expected_color, expected_class_color)
+    assert a.classification == (None if group == "None" else group)
+    assert any("'#xyz'" in w for w in report.warnings) == (own == "#xyz")
 
 
 def test_spline_densification_is_optional_and_passes_through_control_points(tmp_path):
@@ -248,6 +283,49 @@ def test_asap_writer_round_trip_with_holes_points_and_groups(shared, tmp_path):
     assert tumor.geometry.symmetric_difference(holed.geometry).area < 1e-6
     assert dot.geometry == Point(5, 6) and dot.classification is None
     assert cells.geometry.equals(MultiPoint([(1, 2), (3, 4)]))
+
+
+def _xml_colours(path):
+    root = ET.parse(path).getroot()
+    own = {e.get("Name"): e.get("Color") for e in root.iter("Annotation")}
+    return own, {g.get("Name"): g.get("Color") for g in root.iter("Group")}
+
+
+def test_asap_writer_writes_own_and_group_colours(tmp_path):
+    annotations = [
+        Annotation(box(0, 0, 9, 9), "tumor", (0, 255, 0), name="own", class_color=(0, 0, 255)),
+        Annotation(box(20, 0, 29, 9), "tumor", (0, 0, 255), name="class", class_color=(0, 0, 255)),
+        Annotation(box(40, 0, 49, 9), "stroma", (1, 2, 3), name="legacy"),  # no class colour
+        Annotation(box(60, 0, 69, 9), None, (9, 9, 9), name="free"),
+    ]
+    out = tmp_path / "colours.xml"
+    write_asap_xml(annotations, out)
+    own, groups = _xml_colours(out)
+    assert own == {"own": "#00FF00", "class": "#0000FF", "legacy": "#010203", "free": "#090909"}
+    assert groups == {"tumor": "#0000FF", "stroma": "#010203"}
+    back = read_asap_xml(out)
+    assert [(a.color, a.class_color) for a in back] == [
+        (a.color, a.class_color) for a in annotations[:2]
+    ] + [((1, 2, 3), (1, 2, 3)), ((9, 9, 9), None)]
+
+
+@pytest.mark.parametrize(
+    "name", ["camelyon16_tumor_076.xml", "camelyon16_tumor_009.xml", "tissue_11_HE.xml"]
+)
+def test_asap_round_trip_keeps_every_colour(shared, tmp_path, name):
+    original = _quiet_read(read_asap_xml, shared(ASAP + name))
+    out = tmp_path / "again.xml"
+    write_asap_xml(original, out)
+    back = _quiet_read(read_asap_xml, out)
+    colours = {a.name: (a.color, a.class_color) for a in original}
+    assert {a.name: (a.color, a.class_color) for a in back} == colours
+    source_own, source_groups = _xml_colours(shared(ASAP + name))
+    own, groups = _xml_colours(out)
+    assert {k: v.upper() for k, v in own.items()} == {
+        k: v.upper() for k, v in source_own.items() if k in own
+    }
+    used = {a.classification for a in original}
+    assert groups == {k: v.upper() for k, v in source_groups.items() if k in used}
 
 
 def test_asap_writer_refuses_existing_output_and_repairs_invalid(tmp_path):

@@ -136,6 +136,7 @@ def test_tissue_writes_qupath_geojson_and_mask(cmu_small: Path, tmp_path: Path) 
     assert code == 0, err
     summary = json.loads(stdout)
     assert summary["regions"] >= 1 and 0.2 < summary["tissue_fraction"] < 0.8
+    assert summary["empty"] is False and "warning" not in err
     doc = json.loads(out.read_text())
     assert doc["type"] == "FeatureCollection"
     feature = doc["features"][0]
@@ -144,6 +145,31 @@ def test_tissue_writes_qupath_geojson_and_mask(cmu_small: Path, tmp_path: Path) 
     assert doc["wsi_ai"]["slide"] == "CMU-1-Small-Region.svs"
     assert mask.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the autouse fixture in conftest validates tissue.geojson against QuPath's rules
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_tissue_on_blank_glass_warns_and_writes_an_empty_collection(
+    tmp_path: Path, as_json: bool
+) -> None:
+    """No tissue is a legitimate result (exit 0), but it must be said."""
+    import numpy as np
+    import tifffile
+
+    slide = tmp_path / "glass.tif"
+    glass = np.full((1024, 1024, 3), 245, np.uint8)
+    tifffile.imwrite(slide, glass, tile=(256, 256), photometric="rgb")
+    out = tmp_path / "tissue.geojson"
+    code, stdout, err = run("tissue", slide, "-o", out, *(["--json"] if as_json else []))
+    assert code == 0, err
+    assert [ln for ln in err.splitlines() if ln.startswith("warning:")] == [
+        f"warning: {out}: no tissue region found in glass.tif (brightfield): "
+        'QuPath will say "No objects found"'
+    ]
+    if as_json:
+        summary = json.loads(stdout)
+        assert summary["empty"] is True and summary["regions"] == 0
+    doc = json.loads(out.read_text())
+    assert doc["type"] == "FeatureCollection" and doc["features"] == []
 
 
 def test_tiles_with_tissue_and_preview(cmu_small: Path, tmp_path: Path) -> None:

@@ -110,7 +110,8 @@ def test_stitch_writes_every_output_from_a_score_he_table(
     assert provenance["parameters"]["scores"] == "scores.csv"
     assert provenance["version"]
     regions = read_qupath_geojson(out / "regions.geojson")
-    assert len(regions) == summary["regions"] >= 1
+    assert len(regions) == summary["regions"] >= 1 and summary["empty"] is False
+    assert "warning" not in stderr
     threshold = summary["threshold"]
     for region in regions:
         assert region.classification == "hematoxylin"
@@ -146,6 +147,61 @@ def test_stitch_features_store_argmax_tiles_gzip_and_ngff_05(
     assert set(tiles[0].measurements) == {"Background", "Tumor", "Stroma"}
     raw = json.loads(gzip.decompress((out / "tiles.geojson.gz").read_bytes()))
     assert raw["wsi_ai"]["parameters"]["columns"] == ["Background", "Tumor", "Stroma"]
+
+
+def _flat_argmax_scores(folder: Path) -> Path:
+    """Two classes, the same everywhere: Stroma wins each patch with 0.6."""
+    xs, ys = np.meshgrid(np.arange(0, 2000, 400), np.arange(0, 2800, 400))
+    table = pd.DataFrame({"x": xs.ravel(), "y": ys.ravel(), "width": 400, "height": 400})
+    table["Tumor"], table["Stroma"] = 0.4, 0.6
+    table.to_csv(folder / "flat.csv", index=False)
+    return folder / "flat.csv"
+
+
+@pytest.mark.parametrize(
+    ("argmax", "args", "because"),
+    [
+        (False, ("--threshold", "10"), "threshold 10 on 'hematoxylin'"),
+        (
+            False,
+            ("--threshold", "10", "--min-area", "500", "--gz", "--json"),
+            "threshold 10 on 'hematoxylin', regions under 500 µm² dropped",
+        ),
+        (
+            True,
+            ("--min-score", "0.9", "--json"),
+            "per-class argmax of 'Tumor', 'Stroma', min score 0.9",
+        ),
+    ],
+    ids=["threshold", "threshold-min-area-gz-json", "argmax-min-score-json"],
+)
+def test_stitch_without_regions_says_so(
+    scores_csv: Path,
+    cmu_small: Path,
+    tmp_path: Path,
+    argmax: bool,
+    args: tuple[str, ...],
+    because: str,
+) -> None:
+    """No region is a legitimate result (exit 0), but never a silent empty file."""
+    source = _flat_argmax_scores(tmp_path) if argmax else scores_csv
+    out = tmp_path / "maps"
+    code, stdout, stderr = run("stitch", source, "--slide", cmu_small, "-o", out, *args)
+    assert code == 0, stderr
+    regions = out / ("regions.geojson.gz" if "--gz" in args else "regions.geojson")
+    warnings = [ln for ln in stderr.splitlines() if ln.startswith("warning:")]
+    assert warnings == [
+        f"warning: {regions}: no region above the threshold ({because}): "
+        'QuPath will say "No objects found"'
+    ]
+    if "--json" in args:
+        summary = json.loads(stdout)
+        assert summary["empty"] is True and summary["regions"] == 0
+    else:
+        assert "(0 region(s)" in stdout
+    raw = regions.read_bytes()
+    doc = json.loads(gzip.decompress(raw) if "--gz" in args else raw)
+    assert doc["type"] == "FeatureCollection" and doc["features"] == []
 
 
 def test_stitch_bad_inputs_fail_with_one_line(

@@ -9,7 +9,6 @@ import math
 import re
 import uuid
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +161,38 @@ def test_area_objects_must_be_areas(tmp_path: Path) -> None:
     assert doc["features"][1]["geometry"] == {"type": "Point", "coordinates": [3, 4]}
 
 
+CCW = [(0, 0), (100, 0), (100, 100), (0, 100)]
+HOLE = [(20, 20), (40, 20), (40, 40), (20, 40)]  # counter-clockwise too
+
+
+@pytest.mark.parametrize(
+    "annotation",
+    [
+        Annotation(Polygon(CCW)),
+        Annotation(Polygon(CCW[::-1])),
+        Annotation(Polygon(CCW[::-1], [HOLE[::-1]]), classification="Tumor"),
+        Annotation(Polygon(CCW, [HOLE, [(60, 60), (60, 80), (80, 80), (80, 60)]])),
+        Annotation(MultiPolygon([Polygon(CCW[::-1], [HOLE]), box(200, 0, 300, 100, ccw=False)])),
+        Annotation(BOWTIE, object_type="detection"),  # repaired into a MultiPolygon
+        Annotation(SPIKE, object_type="tile"),  # repaired through a GeometryCollection
+        Annotation(Polygon(CCW[::-1]), object_type="cell", nucleus_geometry=Polygon(HOLE[::-1])),
+    ],
+    ids=["ccw", "cw", "cw-hole-cw", "ccw-holes-mixed", "multi", "bowtie", "spike", "cell"],
+)
+def test_rings_follow_rfc7946_orientation(tmp_path: Path, annotation: Annotation) -> None:
+    """Exteriors counter-clockwise, holes clockwise, in the pixel numbers as written (the
+    strict validator run by _write checks it too, by the sign of the shoelace area)."""
+    _, doc = _write(tmp_path, [annotation])
+    feature = doc["features"][0]
+    assert feature == annotation_to_feature(annotation)
+    for key in ("geometry", "nucleusGeometry"):
+        geom = shape(feature.get(key, {"type": "Polygon", "coordinates": [CCW + CCW[:1]]}))
+        for polygon in getattr(geom, "geoms", [geom]):
+            assert polygon.exterior.is_ccw and not any(r.is_ccw for r in polygon.interiors)
+    safe, _ = qupath_safe_geometry(annotation.geometry)
+    assert safe is not None and shape(feature["geometry"]).area == pytest.approx(safe.area)
+
+
 # ---------------------------------------------------------------- properties
 
 
@@ -204,6 +235,28 @@ def test_properties_are_qupath_shaped(tmp_path: Path) -> None:
     assert props[4]["classification"] == {"names": ["Tumor", "Positive"], "color": [1, 1, 1]}
 
 
+@pytest.mark.parametrize(
+    "case",
+    [
+        ("A", (1, 2, 3), None, [1, 2, 3], None),  # no class colour: the colour is the class's
+        ("A", (1, 2, 3), (4, 5, 6), [4, 5, 6], [1, 2, 3]),  # own colour and class colour
+        ("A", (4, 5, 6), (4, 5, 6), [4, 5, 6], None),  # drawn in its class colour anyway
+        ("A", None, (4, 5, 6), [4, 5, 6], None),
+        ("Tumor", None, None, [200, 0, 0], None),  # QuPath's colour for its own classes
+        (None, (1, 2, 3), (4, 5, 6), None, [1, 2, 3]),  # unclassified
+    ],
+)
+def test_own_colour_and_class_colour_are_both_written(tmp_path: Path, case: tuple) -> None:
+    """QuPath draws an object in its own ``color`` when it has one, else its class colour."""
+    classification, color, class_rgb, expected_class, expected_own = case
+    a = Annotation(box(0, 0, 5, 5), classification, color, class_color=class_rgb)
+    props = _write(tmp_path, [a])[1]["features"][0]["properties"]
+    assert props.get("classification") == (
+        None if expected_class is None else {"name": classification, "color": expected_class}
+    )
+    assert props.get("color") == expected_own
+
+
 def test_class_color_is_stable_and_valid() -> None:
     assert class_color("Tumor") == (200, 0, 0)
     assert class_color("Stroma") == (150, 200, 150)
@@ -214,27 +267,50 @@ def test_class_color_is_stable_and_valid() -> None:
     assert all(0 <= c <= 255 for rgb in colors for c in rgb)
 
 
-def test_id_is_kept_when_a_uuid_else_new(tmp_path: Path) -> None:
+def _ids(tmp_path: Path, annotations: list[Annotation], name: str) -> list[str]:
+    return [f["id"] for f in _write(tmp_path, annotations, name)[1]["features"]]
+
+
+def test_ids_are_kept_when_uuids_else_derived_from_content(tmp_path: Path) -> None:
     given = str(uuid.uuid4())
-    annotations = [Annotation(box(0, 0, 5, 5), id=given), Annotation(box(0, 0, 5, 5), id="t-1")]
-    _, first = _write(tmp_path, annotations, "a.geojson")
-    _, second = _write(tmp_path, annotations, "b.geojson")
-    assert first["features"][0]["id"] == second["features"][0]["id"] == given
-    other = first["features"][1]["id"]
-    assert str(uuid.UUID(other)) == other and other != second["features"][1]["id"]
+    square = box(0, 0, 5, 5)
+    # kept; not a UUID: derived; a twin: another id; the same UUID again: derived, not reused
+    annotations = [Annotation(square, id=i) for i in (given, "t-1", None, given.upper())]
+    annotations += [Annotation(square, name="named"), Annotation(square, classification="T")]
+    annotations += [Annotation(box(0, 0, 5, 6)), Annotation(square, object_type="detection")]
+    first = _ids(tmp_path, annotations, "a.geojson")
+    assert first == _ids(tmp_path, annotations, "b.geojson")  # a rerun gives the same ids
+    assert first[0] == given and len(set(first)) == len(first)
+    assert all(str(uuid.UUID(i)) == i for i in first)
+    # an object's id depends on its content, not on what else is in the file or where
+    reordered = _ids(tmp_path, [annotations[6], annotations[4], annotations[5]], "c.geojson")
+    assert reordered == [first[6], first[4], first[5]]
+    assert annotation_to_feature(annotations[4])["id"] == first[4]
 
 
 # ---------------------------------------------------------------- files
 
 
-def test_provenance_member(tmp_path: Path) -> None:
-    provenance = {"slide": "CMU-1.svs", "slide_bytes": 1_000, "params": {"mpp": 0.5}}
-    write_geojson(tmp_path / "p.geojson", [Annotation(box(0, 0, 5, 5))], provenance=provenance)
-    member = json.loads((tmp_path / "p.geojson").read_text())["wsi_ai"]
-    assert member["version"] == wsi_ai.__version__
-    assert datetime.fromisoformat(member["created"]).tzinfo is not None
-    assert member["slide"] == "CMU-1.svs" and member["params"] == {"mpp": 0.5}
-    assert member["slide_bytes"] == 1_000
+@pytest.mark.parametrize("suffix", [".geojson", ".geojson.gz"])
+def test_the_same_annotations_give_byte_identical_files(tmp_path: Path, suffix: str) -> None:
+    """Data files are deterministic: no timestamp, no random id, no file name in gzip."""
+    holed = Polygon(box(0, 0, 100, 100).exterior.coords, [box(20, 20, 40, 40).exterior.coords])
+    annotations = [Annotation(holed, classification="Tumor", measurements={"a": 1.5})]
+    annotations += [Annotation(box(0, 0, 5, 5), name="twin")] * 2 + [Annotation(Point(3, 4))]
+    annotations += [Annotation(BOWTIE, object_type="detection", properties={"k": "v"})]
+    provenance = {"slide": "s.svs", "slide_bytes": 1_000, "parameters": {"threshold": 0.5}}
+    first, second = tmp_path / f"first{suffix}", tmp_path / f"second{suffix}"
+    write_geojson(first, annotations, provenance=provenance)
+    write_geojson(second, list(annotations), provenance=provenance)
+    assert first.read_bytes() == second.read_bytes()
+    raw = first.read_bytes()
+    if suffix.endswith(".gz"):
+        assert raw[:2] == b"\x1f\x8b"
+        assert raw[3] & 0x08 == 0, "the gzip header names a file"
+        assert raw[4:8] == b"\0\0\0\0", "the gzip header holds a modification time"
+        raw = gzip.decompress(raw)
+    assert not re.search(rb"\d{4}-\d\d-\d\dT\d\d:", raw)  # no ISO timestamp anywhere
+    assert json.loads(raw)["wsi_ai"] == {"version": wsi_ai.__version__, **provenance}
 
 
 def test_gzip_output_is_readable(tmp_path: Path) -> None:
@@ -262,11 +338,17 @@ def test_output_name_must_be_geojson(tmp_path: Path) -> None:
         write_geojson(tmp_path / "out.txt", [])
 
 
-def test_empty_export_and_dumps() -> None:
-    doc = json.loads(dumps([], provenance={"created": "x"}))
+def test_empty_export_is_a_valid_collection_that_says_so(tmp_path: Path) -> None:
+    tiny = Annotation(box(5.0, 5.0, 5.001, 5.001))
+    for name, items, dropped in (("none.geojson", [], 0), ("tiny.geojson", [tiny], 1)):
+        report, doc = _write(tmp_path, items, name)
+        assert (report.written, report.dropped, report.empty) == (0, dropped, True)
+        assert doc["type"] == "FeatureCollection" and doc["features"] == []
+    assert not write_geojson(tmp_path / "one.geojson", [Annotation(box(0, 0, 1, 1))]).empty
+    doc = json.loads(dumps([], provenance={"run": "x"}))
     assert doc == {
         "type": "FeatureCollection",
-        "wsi_ai": {"version": wsi_ai.__version__, "created": "x"},
+        "wsi_ai": {"version": wsi_ai.__version__, "run": "x"},
         "features": [],
     }
     feature = annotation_to_feature(Annotation(box(0, 0, 5, 5)))
@@ -393,6 +475,21 @@ def test_validator_strict_rules() -> None:
     point_tile["features"][0]["properties"]["objectType"] = "tile"
     assert validate_qupath_geojson(point_tile, strict=False) == []
     assert any("Polygon or MultiPolygon" in p for p in validate_qupath_geojson(point_tile))
+
+
+@pytest.mark.parametrize(
+    ("coordinates", "problem"),
+    [
+        ([[[0, 0], [10, 10], [10, 0], [0, 0]]], "exterior ring 0 is clockwise"),
+        ([[[0, 0], [9, 0], [9, 9], [0, 0]], [[5, 1], [8, 1], [8, 4], [5, 1]]], "hole ring 1 is co"),
+    ],
+)
+def test_validator_strict_rules_check_ring_orientation(coordinates: Any, problem: str) -> None:
+    doc = _bad("geometry/coordinates", coordinates)
+    assert validate_qupath_geojson(doc, strict=False) == []  # QuPath does not care
+    multi = _bad("geometry", {"type": "MultiPolygon", "coordinates": [coordinates]})
+    for strict in (doc, multi):
+        assert any(problem in p for p in validate_qupath_geojson(strict)), strict
 
 
 @pytest.mark.parametrize("name", QUPATH_FILES)

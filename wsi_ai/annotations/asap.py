@@ -13,9 +13,11 @@ Reading (:func:`read_asap_xml`):
   ASAP's own ``AnnotationToMask`` fills, so CAMELYON16 reference masks were made that way. With
   ``spline_points_per_segment=k`` (k > 1) the closed curve is densified instead with a uniform
   Catmull-Rom spline through the control points (k points per segment), close to what ASAP draws.
-* ``PartOfGroup`` is the classification (``"None"`` means unclassified). :attr:`Annotation.color`
-  is the group's colour (``"#rrggbb"`` -> ``(r, g, b)``), else the annotation's own; the
-  annotation's own colour is kept as ``properties["asap_color"]``.
+* ``PartOfGroup`` is the classification (``"None"`` means unclassified). Colours
+  (``"#rrggbb"`` -> ``(r, g, b)``): :attr:`Annotation.color` is the annotation's own ``Color``,
+  else (the fallback) its group's; :attr:`Annotation.class_color` is the group's ``Color``. The
+  GeoJSON writer makes them QuPath's object ``color`` and ``classification.color``. (ASAP itself
+  draws a grouped annotation in its group's colour, QuPath an object in its own colour.)
 * Holes: ASAP has none. CAMELYON16 marks regions to exclude from a lesion with the group
   ``_2`` (or ``negative``). With ``subtract_groups`` (default ``("negative", "_2")``) polygons of
   those groups are subtracted from every polygon of another group that they overlap, except one
@@ -27,9 +29,10 @@ Reading (:func:`read_asap_xml`):
 Writing (:func:`write_asap_xml`): polygons as ``Polygon`` (one element per part of a
 MultiPolygon; each hole as a ``Polygon`` in the group ``negative``, the CAMELYON16 convention
 that :func:`read_asap_xml` subtracts again), points as ``Dot``/``PointSet``, two-point lines as
-``Measurement``; other lines and empty geometries are skipped and listed in the report. Groups
-take the colour of their first annotation. The file is written to a temporary name and renamed
-into place.
+``Measurement``; other lines and empty geometries are skipped and listed in the report. Each
+``<Annotation Color>`` is the annotation's :attr:`~Annotation.color`; a group takes the
+:attr:`~Annotation.class_color` (else the colour) of its first annotation. The file is written
+to a temporary name and renamed into place.
 """
 
 from __future__ import annotations
@@ -237,14 +240,13 @@ def _annotation(
         report.warn(where, f"group {group!r} is not declared in <AnnotationGroups>; kept")
     group_color = groups.get(group) if group is not None else None
     properties: dict[str, Any] = {"asap_type": kind}
-    if own_color is not None:
-        properties["asap_color"] = own_color
     return Annotation(
         geometry=repaired,
         classification=group,
-        color=group_color if group_color is not None else own_color,
+        color=own_color if own_color is not None else group_color,
         name=element.get("Name"),
         properties=properties,
+        class_color=group_color,
     )
 
 
@@ -344,7 +346,8 @@ def write_asap_xml(
         for k, (kind, group, coords) in enumerate(elements):
             if group is not None:
                 is_hole = group == HOLE_GROUP and group != a.classification
-                color = "#000000" if is_hole else _hex(a.color, _DEFAULT_GROUP_COLOR)
+                group_color = a.class_color if a.class_color is not None else a.color
+                color = "#000000" if is_hole else _hex(group_color, _DEFAULT_GROUP_COLOR)
                 group_colors.setdefault(group, color)
             element = ET.SubElement(node_annotations, "Annotation")
             element.set("Name", name if group != HOLE_GROUP or k == 0 else f"{name} hole {k}")

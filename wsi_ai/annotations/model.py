@@ -20,7 +20,14 @@ RGB = tuple[int, int, int]
 
 @dataclass(frozen=True)
 class Annotation:
-    """A geometry in level-0 pixels (origin top-left, x right, y down) and what it means."""
+    """A geometry in level-0 pixels (origin top-left, x right, y down) and what it means.
+
+    Colours: :attr:`color` is the colour the object is drawn in, its own colour (QuPath's
+    ``color``, ASAP's ``<Annotation Color>``) when it has one, else its class colour.
+    :attr:`class_color` is the colour of its class (QuPath's ``classification.color``, the
+    ASAP group's ``Color``) when the source gives one; ``None`` lets writers use
+    :attr:`color` for the class, or a stable colour per class name.
+    """
 
     geometry: BaseGeometry
     classification: str | None = None
@@ -32,3 +39,4 @@ class Annotation:
     id: str | None = None
     nucleus_geometry: BaseGeometry | None = None
     locked: bool = False
+    class_color: RGB | None = None

@@ -21,8 +21,8 @@ What is accepted follows QuPath's own importer (``PathIO.readObjects``; the proj
   Other properties are kept verbatim in ``properties``; ``isEllipse`` and ``plane`` of the
   geometry become ``properties["is_ellipse"]`` and ``properties["plane"]``.
 * Colour: :attr:`Annotation.color` is the object's own colour when it has one (QuPath draws an
-  object in that colour), else its class colour; when both exist the class colour is kept as
-  ``properties["classification_color"]``.
+  object in that colour), else its class colour; :attr:`Annotation.class_color` is the class
+  colour (when both exist it is also kept as ``properties["classification_color"]``).
 
 Deliberate differences from QuPath: an invalid polygon (bow tie, spike, overlapping parts) is
 repaired with :func:`shapely.make_valid`, keeping the polygonal parts, and counted, where QuPath
@@ -254,6 +254,7 @@ def _parse_feature(
         id=feature_id,
         nucleus_geometry=nucleus,
         locked=fields.parse_locked(props.get("isLocked")),
+        class_color=class_color,
     )
 
 

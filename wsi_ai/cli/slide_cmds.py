@@ -241,10 +241,17 @@ def tissue(
             "dropped": report.dropped,
             "modality": found.modality,
             "tissue_fraction": round(float(found.mask.mean()), 4),
+            "empty": report.empty,
         }
         if report.warnings:
             click.echo(
                 f"warning: {report.repaired} polygon(s) repaired, {report.dropped} dropped",
+                err=True,
+            )
+        if report.empty:  # a legitimate result (blank glass), but never a silent one
+            click.echo(
+                f"warning: {out}: no tissue region found in {path.name} ({found.modality}): "
+                'QuPath will say "No objects found"',
                 err=True,
             )
         if as_json:

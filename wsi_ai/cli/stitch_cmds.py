@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
@@ -28,11 +28,30 @@ from wsi_ai.cli.common import (
 from wsi_ai.errors import InvalidInputError
 from wsi_ai.outputs import atomic_output, check_output
 
+if TYPE_CHECKING:
+    from wsi_ai.export.maps import MapOptions
+
 GEOJSON_SUFFIXES = (".geojson", ".geojson.gz", ".json", ".json.gz")
 
 
 def _warn(message: str) -> None:
     click.echo(f"warning: {' '.join(message.split())}", err=True)
+
+
+def _no_region_because(result: dict[str, Any], options: MapOptions) -> str:
+    """What a region had to pass, for the warning about an empty regions file."""
+    columns = result["columns"]
+    if len(columns) == 1:
+        otsu = " (Otsu)" if options.threshold is None else ""
+        why = f"threshold {result['threshold']:g}{otsu} on {columns[0]!r}"
+    else:
+        shown = ", ".join(repr(c) for c in columns if c not in options.ignore_classes)
+        why = f"per-class argmax of {shown}"
+        if options.min_score is not None:
+            why += f", min score {options.min_score:g}"
+    if options.min_area_um2 > 0:
+        why += f", regions under {options.min_area_um2:g} µm² dropped"
+    return why
 
 
 def _forget_empty_folder(path: Path) -> None:
@@ -298,6 +317,12 @@ def stitch(
             _warn(
                 f"{paths['regions']}: {result['repaired']} polygon(s) repaired, "
                 f"{result['dropped']} dropped"
+            )
+        result["empty"] = result["regions"] == 0  # a legitimate result, but never a silent one
+        if result["empty"]:
+            _warn(
+                f"{paths['regions']}: no region above the threshold "
+                f'({_no_region_because(result, options)}): QuPath will say "No objects found"'
             )
         if as_json:
             echo_json(result)

@@ -8,14 +8,19 @@ coordinate is scaled or shifted. Output is a ``FeatureCollection`` (``.geojson``
 * every geometry is snapped to QuPath's 0.01 px grid *before* it is checked, repaired when
   invalid (QuPath rejects the whole file on one self-intersecting polygon) and dropped when it
   collapses; coordinates are written with at most 2 decimals;
-* every feature has a UUID ``id``; a classification always carries its ``color``; ``name`` is
-  never ``null``; measurements are flat numbers, with NaN and infinities written as the strings
-  QuPath itself writes; nothing QuPath throws on is ever written as ``null``;
-* provenance (wsi-ai version, time, the caller's parameters) sits in a FeatureCollection
-  member, ``"wsi_ai"``, which QuPath ignores.
+* polygon rings follow RFC 7946 (exterior counter-clockwise, holes clockwise: :func:`orient_rings`);
+* every feature has a UUID ``id``, the annotation's own UUID or one derived from its content
+  (:class:`_Ids`), so a rerun does not duplicate objects in a QuPath project; a classification
+  always carries its ``color``, an object's own colour is QuPath's ``color``; ``name`` is
+  never ``null``; measurements are flat numbers, NaN and infinities written as the strings
+  QuPath writes; nothing QuPath throws on is ever written as ``null``;
+* provenance (wsi-ai version, the caller's parameters, never a date) sits in a
+  FeatureCollection member, ``"wsi_ai"``, which QuPath ignores.
 
-Files are streamed feature by feature into a temporary sibling and renamed into place, so a
-crash never leaves a half-written export; an existing file is replaced only with ``overwrite``.
+The same annotations give the same bytes, ``.geojson.gz`` included (no name or time in the gzip
+header): data files are deterministic (DESIGN.md). Files are streamed feature by feature into
+a temporary sibling and renamed into place, so a crash never leaves a half-written export; an
+existing file is replaced only with ``overwrite``.
 """
 
 from __future__ import annotations
@@ -31,7 +36,6 @@ import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -56,21 +60,15 @@ _POLYGONAL = frozenset({"Polygon", "MultiPolygon"})
 _DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 _TRAILING_ZERO = re.compile(r"(?<=\d)\.0(?=[,\]])")
 _WRITE_CHUNK = 1 << 20
+_ID_NAMESPACE = uuid.UUID("5d3f1c7e-2a4b-5c8d-9e0f-6a7b8c9d0e1f")  # never change: ids would
 
 # QuPath's built-in class colours, so our classes look the same as ones drawn in QuPath.
 _PALETTE: dict[str, RGB] = {
-    "tumor": (200, 0, 0),
-    "stroma": (150, 200, 150),
-    "immune cells": (160, 90, 160),
-    "necrosis": (50, 50, 50),
-    "other": (255, 200, 0),
-    "region*": (0, 0, 180),
-    "ignore*": (180, 180, 180),
-    "positive": (200, 50, 50),
-    "negative": (112, 112, 225),
-    "tissue": (0, 140, 70),
-    "background": (220, 220, 220),
-}
+    "tumor": (200, 0, 0), "stroma": (150, 200, 150), "immune cells": (160, 90, 160),
+    "necrosis": (50, 50, 50), "other": (255, 200, 0), "region*": (0, 0, 180),
+    "ignore*": (180, 180, 180), "positive": (200, 50, 50), "negative": (112, 112, 225),
+    "tissue": (0, 140, 70), "background": (220, 220, 220),
+}  # fmt: skip
 
 
 @dataclass
@@ -86,6 +84,10 @@ class GeoJsonReport:
     def warnings(self) -> int:
         """Features that were changed or lost on the way (the CLI prints this count)."""
         return self.repaired + self.dropped
+
+    @property
+    def empty(self) -> bool:  # a valid file, but QuPath says "No objects found": tell the user
+        return self.written == 0
 
 
 def class_color(name: str) -> RGB:
@@ -216,8 +218,25 @@ def _rings(polygon: BaseGeometry) -> list[Any]:
     return [_positions(ring) for ring in shapely.get_rings(polygon)]
 
 
+def orient_rings(geom: BaseGeometry) -> BaseGeometry:
+    """Polygon rings in RFC 7946 order: exterior counter-clockwise, holes clockwise.
+
+    Convention: orientation of the numbers as written (level-0 px, x right, y down): an exterior
+    has a positive shoelace area ``sum(x[i]*y[i+1] - x[i+1]*y[i]) / 2`` (shapely's ``is_ccw``).
+    That is RFC 7946's right-hand rule (3.1.6) with y down: the rule belongs to the coordinates'
+    own right-handed frame (thumb along z = x cross y, which points into the screen when y
+    points down), not to the picture; and the tools that check it (shapely, GDAL's RFC7946
+    option, turf, geojson-rewind) compute it from the numbers, whatever way a viewer draws y.
+    QuPath (y down) draws such an exterior clockwise on screen, and ignores orientation."""
+    if geom.geom_type not in _POLYGONAL:
+        return geom
+    return shapely.orient_polygons(geom, exterior_cw=False)
+
+
 def geometry_to_geojson(geom: BaseGeometry) -> dict[str, Any]:
-    """GeoJSON geometry object of a (QuPath-safe) geometry, coordinates in level-0 px."""
+    """GeoJSON geometry object of a (QuPath-safe) geometry, coordinates in level-0 px;
+    polygon rings oriented as RFC 7946 asks (:func:`orient_rings`)."""
+    geom = orient_rings(geom)
     kind = geom.geom_type
     if kind == "Point":
         coordinates: Any = _positions(geom)[0]
@@ -234,13 +253,36 @@ def geometry_to_geojson(geom: BaseGeometry) -> dict[str, Any]:
     return {"type": kind, "coordinates": coordinates}
 
 
-def _uuid(value: str | None) -> str:
-    if value:
+def _content_key(a: Annotation, geometry_texts: Mapping[str, str]) -> bytes:
+    """Digest of what makes an object itself: type, class, name and geometry JSON as written."""
+    digest = hashlib.blake2b(digest_size=16)
+    fields = (a.object_type, a.classification, a.name, *geometry_texts.values())
+    # each part length-prefixed (None apart), so different inputs never hash the same bytes
+    for part in (None if t is None else str(t).encode() for t in fields):
+        digest.update(b"\xff" * 8 if part is None else len(part).to_bytes(8, "big") + part)
+    return digest.digest()
+
+
+class _Ids:
+    """The ids of one file: an annotation's own UUID (QuPath's exports) unless already used in
+    the file, else ``uuid5(namespace, content digest + index among identical objects)``: the
+    same input gives the same ids, twins differ, and no id depends on the other objects."""
+
+    def __init__(self) -> None:
+        self.kept: set[str] = set()
+        self.twins: dict[bytes, int] = {}
+
+    def __call__(self, given: str | None, key: Callable[[], bytes]) -> str:
         try:
-            return str(uuid.UUID(str(value)))
+            own = str(uuid.UUID(str(given))) if given else None
         except ValueError:
-            pass
-    return str(uuid.uuid4())
+            own = None
+        if own is not None and own not in self.kept:
+            self.kept.add(own)
+            return own
+        digest = key()
+        twin = self.twins[digest] = self.twins.get(digest, -1) + 1
+        return str(uuid.uuid5(_ID_NAMESPACE, f"{digest.hex()}/{twin}"))
 
 
 def _rgb(color: Any, what: str) -> list[int]:
@@ -282,15 +324,17 @@ def _properties(a: Annotation) -> dict[str, Any]:
     if a.name is not None:
         props["name"] = str(a.name)
     classification = (a.classification or "").strip()
+    own = None if a.color is None else _rgb(a.color, "object")
     if classification:
-        color = _rgb(class_color(classification) if a.color is None else a.color, "class")
+        cls = a.class_color if a.class_color is not None else a.color
+        color = _rgb(class_color(classification) if cls is None else cls, "class")
         names = [n.strip() for n in classification.split(":")]
         if len(names) > 1 and all(names):  # a derived class, "Tumor: Positive", as QuPath writes it
             props["classification"] = {"names": names, "color": color}
         else:
             props["classification"] = {"name": classification, "color": color}
-    elif a.color is not None:
-        props["color"] = _rgb(a.color, "object")
+    if own is not None and own != props.get("classification", {}).get("color"):
+        props["color"] = own  # QuPath draws an object in its own colour, else its class's
     if a.locked:
         props["isLocked"] = True
     measurements = {str(k): _measurement(str(k), v) for k, v in a.measurements.items()}
@@ -304,29 +348,29 @@ def _properties(a: Annotation) -> dict[str, Any]:
     return props
 
 
-def _feature(a: Annotation) -> tuple[dict[str, Any] | None, bool]:
-    """Feature dict (or ``None`` when the geometry is dropped) and whether it was repaired."""
+def _feature(a: Annotation, ids: _Ids) -> tuple[dict[str, Any] | None, dict[str, str], bool]:
+    """Feature dict (``None`` when the geometry is dropped), the JSON text of its geometries
+    (as :func:`_dump_feature` writes them) and whether it was repaired."""
     geom, repaired = qupath_safe_geometry(a.geometry)
     if geom is None or (a.object_type in _AREA_TYPES and geom.geom_type not in _POLYGONAL):
-        return None, repaired
-    feature: dict[str, Any] = {
-        "type": "Feature",
-        "id": _uuid(a.id),
-        "geometry": geometry_to_geojson(geom),
-    }
+        return None, {}, repaired
+    shapes = {"geometry": geom}
     if a.object_type == "cell" and a.nucleus_geometry is not None:
         nucleus, fixed = qupath_safe_geometry(a.nucleus_geometry)
         repaired |= fixed or nucleus is None
         if nucleus is not None and nucleus.geom_type in _POLYGONAL:
-            feature["nucleusGeometry"] = geometry_to_geojson(nucleus)
-    feature["properties"] = _properties(a)
-    return feature, repaired
+            shapes["nucleusGeometry"] = nucleus
+    geometries = {key: geometry_to_geojson(g) for key, g in shapes.items()}
+    texts = {key: _TRAILING_ZERO.sub("", _DUMPS(g)) for key, g in geometries.items()}
+    feature_id = ids(a.id, lambda: _content_key(a, texts))
+    feature = {"type": "Feature", "id": feature_id, **geometries, "properties": _properties(a)}
+    return feature, texts, repaired
 
 
 def annotation_to_feature(a: Annotation) -> dict[str, Any]:
-    """One QuPath GeoJSON Feature; raises InvalidInputError when nothing of the geometry
-    survives QuPath's 0.01 px grid (or an area object's geometry is not an area)."""
-    feature, _ = _feature(a)
+    """One QuPath GeoJSON Feature (id as for a file's first such object); InvalidInputError when
+    nothing survives QuPath's 0.01 px grid, or an area object's geometry is not an area."""
+    feature, _, _ = _feature(a, _Ids())
     if feature is None:
         raise InvalidInputError(
             f"{a.geometry.geom_type} of {a.object_type} {a.name or a.id or ''!s} is empty "
@@ -335,14 +379,10 @@ def annotation_to_feature(a: Annotation) -> dict[str, Any]:
     return feature
 
 
-def _dump_feature(feature: Mapping[str, Any]) -> str:
-    """Compact JSON of a feature; whole-number coordinates lose their ``.0`` like QuPath's."""
-    parts = []
-    for key, value in feature.items():
-        text = _DUMPS(value)
-        if key in ("geometry", "nucleusGeometry"):
-            text = _TRAILING_ZERO.sub("", text)
-        parts.append(f"{_DUMPS(key)}:{text}")
+def _dump_feature(feature: Mapping[str, Any], texts: Mapping[str, str]) -> str:
+    """Compact JSON of a feature, its geometries' ``texts`` as given: whole-number coordinates
+    lose their ``.0``, like QuPath's."""
+    parts = [f"{_DUMPS(k)}:{texts[k] if k in texts else _DUMPS(v)}" for k, v in feature.items()]
     return "{" + ",".join(parts) + "}"
 
 
@@ -365,10 +405,10 @@ def _jsonable(value: Any) -> Any:
 
 
 def provenance_member(provenance: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The ``"wsi_ai"`` FeatureCollection member: version, ISO creation time (UTC) and the
-    caller's mapping (parameters, slide file name and size); the caller's keys win."""
-    created = datetime.now(UTC).isoformat(timespec="seconds")
-    member: dict[str, Any] = {"version": wsi_ai.__version__, "created": created}
+    """The ``"wsi_ai"`` FeatureCollection member: the wsi-ai version and the caller's mapping
+    (parameters, slide file name and size); the caller's keys win. No date: the file must be
+    the same bytes on every run (when and where a run happened goes into ``run.json``)."""
+    member: dict[str, Any] = {"version": wsi_ai.__version__}
     member.update(_jsonable(dict(provenance or {})))
     return member
 
@@ -377,11 +417,8 @@ def features_to_collection(
     features: Iterable[Mapping[str, Any]], provenance: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """A FeatureCollection dict of ready-made features, with the provenance member."""
-    return {
-        "type": "FeatureCollection",
-        "wsi_ai": provenance_member(provenance),
-        "features": list(features),
-    }
+    member = provenance_member(provenance)
+    return {"type": "FeatureCollection", "wsi_ai": member, "features": list(features)}
 
 
 def _stream(
@@ -391,16 +428,17 @@ def _stream(
     path: Path | None = None,
 ) -> GeoJsonReport:
     counts = GeoJsonReport(path)
+    ids = _Ids()
     head = '{"type":"FeatureCollection","wsi_ai":' + _DUMPS(provenance_member(provenance))
     buffer = [head + ',"features":[']
     size = 0
     for a in annotations:
-        feature, repaired = _feature(a)
+        feature, texts, repaired = _feature(a, ids)
         if feature is None:
             counts.dropped += 1
             continue
         counts.repaired += repaired
-        text = _dump_feature(feature)
+        text = _dump_feature(feature, texts)
         buffer.append(("\n" if counts.written == 0 else ",\n") + text)
         counts.written += 1
         size += len(text)
@@ -432,6 +470,7 @@ def write_geojson(
     ``path`` ends in ``.geojson`` (or ``.geojson.gz``, gzip, which QuPath reads). The file is
     streamed into a temporary sibling and renamed into place (:func:`atomic_output`). An
     existing file raises :class:`~wsi_ai.errors.OutputExistsError` unless ``overwrite``.
+    Nothing to write gives a valid, empty FeatureCollection and a report that says so (`empty`).
     """
     out = Path(path)
     if not out.name.lower().endswith(SUFFIXES):
@@ -444,7 +483,8 @@ def write_geojson(
         with atomic_output(out, overwrite=overwrite) as tmp, open(tmp, "wb") as raw:
             if not out.name.lower().endswith(".gz"):
                 return _stream(lambda s: raw.write(s.encode()), annotations, provenance, out)
-            with gzip.GzipFile(out.name[:-3], "wb", compresslevel, raw) as gz:
+            # no file name and mtime 0 in the header: the same bytes on every run
+            with gzip.GzipFile("", "wb", compresslevel, raw, mtime=0) as gz:
                 return _stream(lambda s: gz.write(s.encode()), annotations, provenance, out)
     except InvalidInputError as err:
         if err.path is not None:
