@@ -7,6 +7,7 @@ TORCH_VERSION ?= 2.14.1
 TORCHVISION_VERSION ?= 0.29.1
 DEMO_SLIDE ?= wsi_ai/data/CMU-1-Small-Region.svs
 DEMO_OUT ?= demo-out
+DEMO_QUPATH ?= demo-qupath
 PYTEST_ARGS ?=
 
 .PHONY: install lint test demo bench clean
@@ -31,10 +32,11 @@ test: install lint
 demo: install
 	$(BIN)/wsi-ai info $(DEMO_SLIDE)
 	$(BIN)/wsi-ai run pipelines/demo.csv --pipeline pipelines/he-density.toml -o $(DEMO_OUT)
-	@echo "demo outputs are in $(DEMO_OUT)/ (slides/<name>/, summary.csv, run.json)"
+	$(BIN)/wsi-ai export-qupath $(DEMO_OUT) -o $(DEMO_QUPATH) --overwrite
+	@echo "demo outputs: $(DEMO_OUT)/summary.html (open it in a browser), $(DEMO_OUT)/slides/<name>/report.html, QuPath project $(DEMO_QUPATH)/"
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) bench-out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO_OUT) $(DEMO_QUPATH) bench-out .pytest_cache .mypy_cache .ruff_cache
