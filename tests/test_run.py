@@ -267,6 +267,8 @@ def test_models_pipelines_features_classify_and_mil(
     folder = out / "slides" / "cmu0.svs"
     prediction = json.loads((folder / "prediction.json").read_text())
     assert prediction["class"] in ("tumour", "normal") and prediction["random_init"] is True
+    assert prediction["pipeline"]["name"] == "mil-slide" and prediction["model"]["sha256"]
+    assert "RANDOM" in (folder / "report.html").read_text()
     assert (folder / "patch_scores.csv").is_file() and (folder / "heatmap.png").is_file()
     assert pd.read_csv(out / "summary.csv")["class"].tolist() == [prediction["class"]]
 

@@ -114,6 +114,7 @@ def _score_model(job: _Job, patches: PatchGrid) -> tuple[pd.DataFrame | None, li
     check_compatible(run, bag, ident, store)
     prediction, table = predict_bag(run, bag)
     prediction["slide"] = job.slide.path.name
+    prediction["pipeline"] = {"name": job.pipeline.name, "config_hash": job.pipeline.config_hash()}
     table.to_csv(job.out / "patch_scores.csv", index=False)
     (job.out / "prediction.json").write_text(json.dumps(prediction, indent=2) + "\n")
     job.record["prediction"] = {k: prediction[k] for k in ("class", "probability", "confidence")}
