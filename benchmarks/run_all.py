@@ -37,6 +37,7 @@ def benchmarks(slide: Path) -> dict[str, list[str]]:
         "aggregator": [str(bench / "bench_aggregator.py")],
         "engine": [str(bench / "bench_engine.py"), "--slide", str(slide)],
         "proof": [str(bench / "bench_proof_of_learning.py"), str(REPO / "bench-out" / "proof")],
+        "batch": [str(bench / "bench_batch.py"), str(REPO / "bench-out" / "batch")],
     }
     return {name: args for name, args in table.items() if Path(args[0]).exists()}
 
