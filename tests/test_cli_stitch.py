@@ -20,7 +20,8 @@ from wsi_ai.annotations import Annotation, read_asap_xml, read_qupath_geojson
 from wsi_ai.cli import main
 from wsi_ai.export.geojson import write_geojson
 from wsi_ai.slide import open_slide
-from wsi_ai.store import write_features
+from wsi_ai.slide.identity import IDENTITY_KEY, slide_identity
+from wsi_ai.store import write_features, write_table
 
 CMU_MPP = 0.499
 
@@ -149,13 +150,12 @@ def test_stitch_features_store_argmax_tiles_gzip_and_ngff_05(
     assert raw["wsi_ai"]["parameters"]["columns"] == ["Background", "Tumor", "Stroma"]
 
 
-def _flat_argmax_scores(folder: Path) -> Path:
-    """Two classes, the same everywhere: Stroma wins each patch with 0.6."""
+def _flat_argmax_scores(folder: Path, slide: Path) -> Path:
+    """Two classes, the same everywhere: Stroma wins each patch with 0.6 (naming its slide)."""
     xs, ys = np.meshgrid(np.arange(0, 2000, 400), np.arange(0, 2800, 400))
     table = pd.DataFrame({"x": xs.ravel(), "y": ys.ravel(), "width": 400, "height": 400})
     table["Tumor"], table["Stroma"] = 0.4, 0.6
-    table.to_csv(folder / "flat.csv", index=False)
-    return folder / "flat.csv"
+    return write_table(table, folder / "flat.csv", meta={IDENTITY_KEY: slide_identity(slide)})
 
 
 @pytest.mark.parametrize(
@@ -184,7 +184,7 @@ def test_stitch_without_regions_says_so(
     because: str,
 ) -> None:
     """No region is a legitimate result (exit 0), but never a silent empty file."""
-    source = _flat_argmax_scores(tmp_path) if argmax else scores_csv
+    source = _flat_argmax_scores(tmp_path, cmu_small) if argmax else scores_csv
     out = tmp_path / "maps"
     code, stdout, stderr = run("stitch", source, "--slide", cmu_small, "-o", out, *args)
     assert code == 0, stderr

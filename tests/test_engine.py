@@ -21,6 +21,7 @@ from wsi_ai.engine.runner import InferenceModel
 from wsi_ai.nn.backbone import build_backbone
 from wsi_ai.nn.cards import find_card
 from wsi_ai.slide import open_slide
+from wsi_ai.slide.identity import slide_identity
 from wsi_ai.store import read_features, write_features
 from wsi_ai.tiling import grid, read_patch
 from wsi_ai.tissue import detect_tissue
@@ -100,6 +101,8 @@ def test_embed_writes_the_grid_embeddings_and_provenance(cmu_small: Path, tmp_pa
     assert params["mpp"] == 2.0 and params["size"] == 224 and params["batch_size"] == 32
     assert params["precision"] in ("bf16", "fp32") and params["device"] == "cpu"
     assert attrs["grid"]["read_size"] == expected.spec.read_size
+    assert attrs["slide_identity"] == slide_identity(cmu_small)  # what stitch checks
+    assert attrs["slide_path"] == cmu_small.name  # a file name, never a machine's path
     assert leftovers(tmp_path) == []  # no temporary store left behind
 
 

@@ -8,7 +8,7 @@ keeps the batch promises:
   leaves a half-written slide that looks finished; leftovers of a killed run are removed by the
   next one;
 * a rerun skips a slide whose folder is complete and whose identity matches: the input file's
-  :func:`~wsi_ai.inputs.fingerprint`, the pipeline's settings hash and the model card, weights
+  :func:`~wsi_ai.slide.identity.fingerprint`, the pipeline's settings hash and the model card, weights
   and aggregator hashes (``force`` recomputes everything); a slide that failed before with the
   same identity is reported again without rerunning unless ``retry_failed``;
 * a slide that fails is a row of ``OUT/summary.csv`` and an entry of ``OUT/errors.json`` with
@@ -41,7 +41,7 @@ from typing import Any
 
 from wsi_ai import __version__
 from wsi_ai.errors import OutputError, failure_message
-from wsi_ai.inputs import SlideInput, fingerprint
+from wsi_ai.inputs import SlideInput
 from wsi_ai.outputs import MARKER
 from wsi_ai.pipeline import run_slide
 from wsi_ai.pipeline_config import Pipeline, file_sha256
@@ -56,6 +56,7 @@ from wsi_ai.run_records import (
     write_summary,
 )
 from wsi_ai.slide import open_slide
+from wsi_ai.slide.identity import fingerprint
 
 log = logging.getLogger(__name__)
 

@@ -9,15 +9,12 @@
   folder), optional ``label`` and ``slide_mpp``, and any other columns, carried as they are
   into the batch summary.
 
-:func:`fingerprint` is the cheap content hash a resumed batch compares: the file's size and
-the sha256 of its first and last MiB (a rescanned or replaced slide changes it; reading a
-gigapixel file whole on every rerun would not be cheap).
+The cheap content hash a resumed batch compares is :func:`wsi_ai.slide.identity.fingerprint`.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -40,7 +37,6 @@ SLIDE_SUFFIXES = (
     ".qptiff",
 )
 _RESERVED = ("path", "label", "slide_mpp")
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -121,16 +117,3 @@ def collect_inputs(items: Iterable[Path]) -> list[SlideInput]:
         else:
             out.append(SlideInput(item.absolute()))
     return out
-
-
-def fingerprint(path: Path) -> str:
-    """``size:sha256(first MiB + last MiB)`` of the file: cheap, and changes when it does."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        size = handle.seek(0, 2)
-        handle.seek(0)
-        digest.update(handle.read(_CHUNK))
-        if size > _CHUNK:
-            handle.seek(max(_CHUNK, size - _CHUNK))
-            digest.update(handle.read(_CHUNK))
-    return f"{size}:{digest.hexdigest()}"

@@ -301,12 +301,15 @@ def tiles(
 ) -> None:
     """Write the patch table: one row per patch (x, y, width, height in level-0 px).
 
-    Columns: x, y, width, height, level (the level to read), tissue_fraction.
+    Columns: x, y, width, height, level (the level to read), tissue_fraction. The metadata
+    (Parquet/Zarr, or grid.csv.json beside a CSV) keeps the grid's parameters and the slide's
+    name, dimensions and fingerprint, which later stages check.
 
     \b
     Example:
       wsi-ai tiles CMU-1-Small-Region.svs --mpp 0.5 --size 224 -o grid.csv --preview grid.png
     """
+    from wsi_ai.slide.identity import IDENTITY_KEY, slide_identity
     from wsi_ai.store import table_format, write_table
     from wsi_ai.tiling import GridConfig, plan_patches
     from wsi_ai.tiling.preview import draw_grid, save_png
@@ -330,7 +333,8 @@ def tiles(
         prepare_outputs([out, preview], overwrite)
         with open_for_cli(path, slide_mpp) as s:
             patches = plan_patches(s, TissueConfig(enabled=not no_tissue), plan)
-            write_table(patches.table, out, meta=patches.spec.as_dict(), overwrite=overwrite)
+            meta = {**patches.spec.as_dict(), IDENTITY_KEY: slide_identity(s)}
+            write_table(patches.table, out, meta=meta, overwrite=overwrite)
             if preview is not None:
                 save_png(draw_grid(s, patches), preview, overwrite=overwrite)
         spec = patches.spec

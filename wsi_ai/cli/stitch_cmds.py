@@ -54,6 +54,14 @@ def _no_region_because(result: dict[str, Any], options: MapOptions) -> str:
     return why
 
 
+def allow_other_slide_option(func: Any) -> Any:
+    return click.option(
+        "--allow-other-slide",
+        is_flag=True,
+        help="Use a table made on another slide (name, size or fingerprint differ); a warning.",
+    )(func)
+
+
 def _forget_empty_folder(path: Path) -> None:
     """An empty folder made beforehand (``mkdir maps``) holds nothing to protect: it is
     removed, so the folder written in its place needs no ``--overwrite``."""
@@ -79,6 +87,7 @@ def _forget_empty_folder(path: Path) -> None:
 )
 @click.option("--tissue-only", is_flag=True, help="Average over tissue pixels, not all pixels.")
 @click.option("--workers", type=click.IntRange(1, 64), default=4, show_default=True)
+@allow_other_slide_option
 @slide_mpp_option
 @overwrite_option
 @json_option
@@ -94,6 +103,7 @@ def score_he(
     read_mpp: float | None,
     tissue_only: bool,
     workers: int,
+    allow_other_slide: bool,
     slide_mpp: float | None,
     overwrite: bool,
     as_json: bool,
@@ -101,15 +111,22 @@ def score_he(
     """Score every patch by its mean hematoxylin density: a real H&E score with no model.
 
     Colour deconvolution (scikit-image's rgb2hed) per patch; nuclei-dense tissue scores high,
-    stroma and glass low. Writes the patch table plus a "hematoxylin" column.
+    stroma and glass low. Writes the patch table plus a "hematoxylin" column, and the slide's
+    name, dimensions and fingerprint in its metadata. A --patches table made on another slide,
+    or with patches outside this one, is refused.
 
     \b
     Example:
       wsi-ai score-he CMU-1-Small-Region.svs -o scores.csv
       wsi-ai score-he slide.svs --patches grid.parquet --read-mpp 2 -o scores.parquet
     """
+    if overlap >= size:
+        raise click.BadParameter(
+            f"{overlap} must be smaller than --size ({size})", param_hint="--overlap"
+        )
     from wsi_ai.score.he import COLUMN, score_to_table
     from wsi_ai.store import read_table, table_format
+    from wsi_ai.store.scores import check_for_slide
     from wsi_ai.tiling import GridConfig, plan_patches
     from wsi_ai.tissue import TissueConfig
 
@@ -123,6 +140,15 @@ def score_he(
                     raise InvalidInputError(
                         "the patch table has no rows: nothing to score", patches
                     )
+                check_for_slide(
+                    table,
+                    meta,
+                    s,
+                    patches,
+                    allow_other=allow_other_slide,
+                    what="patches",
+                    warn=_warn,
+                )
             else:
                 made = plan_patches(
                     s,
@@ -233,6 +259,7 @@ def score_he(
     show_default=True,
     help="Colormap of the PNGs.",
 )
+@allow_other_slide_option
 @slide_mpp_option
 @overwrite_option
 @json_option
@@ -254,6 +281,7 @@ def stitch(
     thumbnail_size: int,
     alpha: float,
     cmap: str,
+    allow_other_slide: bool,
     slide_mpp: float | None,
     overwrite: bool,
     as_json: bool,
@@ -266,7 +294,8 @@ def stitch(
     a colorbar), regions.geojson (QuPath annotations with area, mean and max score) and
     heatmap.ome.zarr (in the slide's µm coordinates). PNGs show the first column that is not
     an --ignore-class. OUTDIR appears whole when complete; an existing one is replaced only
-    with --overwrite.
+    with --overwrite. Scores made on another slide than --slide (their metadata names it),
+    or with patches outside it, are refused.
 
     \b
     Example:
@@ -282,6 +311,7 @@ def stitch(
         ) from None
     from wsi_ai.export.maps import MapOptions, output_paths, write_maps
     from wsi_ai.store import load_scores, score_columns
+    from wsi_ai.store.scores import check_for_slide
 
     options = MapOptions(
         downsample=downsample,
@@ -301,17 +331,19 @@ def stitch(
     paths = output_paths(out, options)
 
     def one(source: Path) -> None:
-        table, _ = load_scores(source)
+        table, meta = load_scores(source)
         names = score_columns(table, columns, source)
-        finite = np.isfinite(table[names].to_numpy(np.float64)).all(axis=1)
-        if not finite.all():
-            _warn(f"{source}: {int((~finite).sum())} patch(es) with NaN scores left out")
-            table = table[finite].reset_index(drop=True)
-        if len(table) == 0:
-            raise InvalidInputError("no patch with a finite score to stitch", source)
-        _forget_empty_folder(out)
-        with atomic_output(out, overwrite) as tmp, open_for_cli(slide, slide_mpp) as s:
-            result = write_maps(s, table, names, tmp, options, source=source)
+        with open_for_cli(slide, slide_mpp) as s:
+            check_for_slide(table, meta, s, source, allow_other=allow_other_slide, warn=_warn)
+            finite = np.isfinite(table[names].to_numpy(np.float64)).all(axis=1)
+            if not finite.all():
+                _warn(f"{source}: {int((~finite).sum())} patch(es) with NaN scores left out")
+                table = table[finite].reset_index(drop=True)
+            if len(table) == 0:
+                raise InvalidInputError("no patch with a finite score to stitch", source)
+            _forget_empty_folder(out)
+            with atomic_output(out, overwrite) as tmp:
+                result = write_maps(s, table, names, tmp, options, source=source)
         result["outputs"] = {k: str(v) for k, v in paths.items()}  # where they are now
         if result["repaired"] or result["dropped"]:
             _warn(

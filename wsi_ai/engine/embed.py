@@ -43,7 +43,11 @@ log = logging.getLogger(__name__)
 def store_attributes(
     slide: Path, config: EngineConfig, model: InferenceModel, patches: PatchGrid
 ) -> dict[str, Any]:
-    """What a features store records about how it was made (JSON-ready)."""
+    """What a features store records about how it was made (JSON-ready): the slide by file
+    name and identity (:func:`~wsi_ai.slide.identity.slide_identity`), never by its absolute
+    path (a store is copied between machines; data files hold no machine's paths)."""
+    from wsi_ai.slide.identity import IDENTITY_KEY, slide_identity
+
     card = model.card
     provenance = model.backbone.provenance()
     parameters = config.as_dict()
@@ -51,7 +55,8 @@ def store_attributes(
     parameters["mpp"] = patches.spec.mpp
     return {
         "slide": slide.name,
-        "slide_path": str(slide.resolve()),
+        "slide_path": slide.name,
+        IDENTITY_KEY: slide_identity(slide),
         "model": {"name": card.name, "sha256": card.card_hash},
         "model_name": card.name,
         "card_hash": card.card_hash,

@@ -56,4 +56,7 @@ def write_qc_files(
     if ex.grid_preview:
         save_png(draw_grid(slide, patches, max_size=ex.thumbnail_size), out / "grid.png")
     if ex.patch_table:
-        write_table(patches.table, out / "patches.csv", meta=patches.spec.as_dict())
+        from wsi_ai.slide.identity import IDENTITY_KEY, slide_identity
+
+        meta = {**patches.spec.as_dict(), IDENTITY_KEY: slide_identity(slide)}
+        write_table(patches.table, out / "patches.csv", meta=meta)

@@ -217,12 +217,14 @@ def score_to_table(
     overwrite: bool = False,
 ) -> pd.DataFrame:
     """Score ``table`` (:func:`hematoxylin_density`) and write it to ``out`` (CSV, Parquet or
-    Zarr) with the grid's ``meta`` and the scoring parameters; return the scored table."""
+    Zarr) with the grid's ``meta``, the scoring parameters and the identity of ``slide`` (the
+    slide whose pixels were scored); return the scored table."""
+    from wsi_ai.slide.identity import IDENTITY_KEY, slide_identity
     from wsi_ai.store.table import write_table
 
     scored = hematoxylin_density(
         slide, table, mpp=mpp, tissue_only=tissue_only, workers=workers, progress=progress
     )
-    meta = {**meta, "score": score_params(mpp, tissue_only)}
+    meta = {**meta, IDENTITY_KEY: slide_identity(slide), "score": score_params(mpp, tissue_only)}
     write_table(scored, out, meta=meta, overwrite=overwrite)
     return scored

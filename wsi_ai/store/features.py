@@ -6,8 +6,10 @@ What inference writes and what training, prediction and the stitcher read:
 - ``level`` (int64 ``[N]``) and ``tissue_fraction`` (float32 ``[N]``) from the patch table;
 - ``embeddings``: float16 ``[N, D]`` (optional);
 - ``scores``: float32 ``[N, C]`` (optional), with class names in the attributes;
-- attributes under ``wsi_ai``: the slide's name, the model card's name and hash, every
-  parameter, and ``random_init`` when the weights were random (benchmarks, smoke tests).
+- attributes under ``wsi_ai``: the slide's name and identity (``slide_identity``: name,
+  level-0 dimensions, fingerprint; see :mod:`wsi_ai.slide.identity`, which ``wsi-ai stitch``
+  checks), the model card's name and hash, every parameter, and ``random_init`` when the
+  weights were random (benchmarks, smoke tests).
 
 The store is written under a temporary name and renamed into place when complete.
 """
