@@ -7,10 +7,11 @@ keeps the batch promises:
   ``OUT/slides/<name>/`` only when complete (with its ``slide.json`` record), so a crash never
   leaves a half-written slide that looks finished; leftovers of a killed run are removed by the
   next one;
-* a rerun skips a slide whose folder is complete and whose identity matches: the input file's
-  :func:`~wsi_ai.slide.identity.fingerprint`, the pipeline's settings hash and the model card, weights
-  and aggregator hashes (``force`` recomputes everything); a slide that failed before with the
-  same identity is reported again without rerunning unless ``retry_failed``;
+* a rerun skips a slide whose folder is complete and whose identity matches: the input
+  file's :func:`~wsi_ai.slide.identity.fingerprint`, the pipeline's settings hash and the
+  model card, weights and aggregator hashes (``force`` recomputes everything); a slide that
+  failed before with the same identity is reported again without rerunning unless
+  ``retry_failed``;
 * a slide that fails is a row of ``OUT/summary.csv`` and an entry of ``OUT/errors.json`` with
   its one-line reason, and the batch goes on; ``OUT/run.json`` records versions, the pipeline,
   model hashes, the machine and the time spent per stage; ``OUT/logs/`` holds each run's log;

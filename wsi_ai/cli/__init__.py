@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from wsi_ai import __version__
+from wsi_ai.cli.anonymize_cmd import anonymize
 from wsi_ai.cli.common import setup_logging
 from wsi_ai.cli.engine_cmds import embed, score
 from wsi_ai.cli.model_cmds import models
@@ -53,6 +54,7 @@ def main(verbose: bool, debug: bool) -> None:
 for command in (
     run,
     export_qupath,
+    anonymize,
     info,
     convert,
     tissue,

@@ -129,7 +129,9 @@ def run_prepared(
             attrs=store_attributes(prepared.slide, config, model, patches),
             overwrite=overwrite,
         ) as writer:
-            run_batches(model, batches, writer.write, progress, total=len(patches))
+            run_batches(
+                model, batches, writer.write, progress, total=len(patches), slide=prepared.slide
+            )
     return len(patches)
 
 

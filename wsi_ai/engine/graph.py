@@ -306,10 +306,35 @@ def _run_threads(
     return {index: result for (index, _, _), result in zip(todo, computed, strict=True)}
 
 
+# Run by each worker of a local cluster before it registers (Dask's preload protocol).
+_WORKER_NO_HTTP = """
+def dask_setup(worker):  # wsi-ai: workers of a local cluster serve no HTTP
+    server = getattr(worker, "http_server", None)
+    if server is not None:
+        server.stop()
+    worker.services.pop("dashboard", None)
+"""
+
+
 @contextmanager
-def dask_client(kind: str, address: str | None, workers: int | None, gpus: int) -> Iterator[Any]:
+def dask_client(
+    kind: str,
+    address: str | None,
+    workers: int | None,
+    gpus: int,
+    *,
+    dashboard: str | None = None,
+) -> Iterator[Any]:
+    """A client of the cluster at ``address``, or of a local cluster of processes.
+
+    The local cluster is quiet and private: Dask's log lines (scheduler, nannies, workers)
+    are not printed (its warnings are, with -v), and neither its scheduler nor its workers
+    serve HTTP (no dashboard, /metrics or /info) unless ``dashboard`` (e.g. ``":8787"``)
+    asks for one. Only the processes' own TCP ports on 127.0.0.1 are open while it runs.
+    """
     try:
         from distributed import Client, LocalCluster
+        from distributed.scheduler import Scheduler
     except ImportError as err:
         raise ModelError(
             "running on a Dask cluster needs the `distributed` package: pip install distributed"
@@ -318,20 +343,44 @@ def dask_client(kind: str, address: str | None, workers: int | None, gpus: int) 
         with Client(address, timeout="30s") as client:
             yield client
         return
-    count = workers or max(1, gpus)
-    cluster = LocalCluster(
-        n_workers=count,
-        threads_per_worker=1,
-        processes=True,
-        resources={"GPU": 1} if gpus else None,
-        dashboard_address=None,
-        silence_logs=logging.ERROR,
-    )
+
+    class NoHttpScheduler(Scheduler):
+        """A scheduler without the HTTP server Dask starts even when the dashboard is off."""
+
+        def start_http_server(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    class QuietCluster(LocalCluster):
+        async def _start(self) -> None:
+            if dashboard is None and self.scheduler_spec is not None:
+                self.scheduler_spec["cls"] = NoHttpScheduler
+            await super()._start()
+
+    # The CLI's log handler sits on the root logger, so Dask's INFO lines reach it unless
+    # Dask's own logger is raised (to WARNING with -v, else ERROR); put back afterwards.
+    dask_log = logging.getLogger("distributed")
+    level = dask_log.level
+    verbose = logging.getLogger().getEffectiveLevel() <= logging.INFO
+    dask_log.setLevel(logging.WARNING if verbose else logging.ERROR)
     try:
-        with Client(cluster) as client:
-            yield client
+        cluster = QuietCluster(
+            n_workers=workers or max(1, gpus),
+            threads_per_worker=1,
+            processes=True,
+            resources={"GPU": 1} if gpus else None,
+            dashboard_address=dashboard,
+            silence_logs=logging.ERROR,
+            # Worker processes cannot take a class made here; a preload script (run before
+            # the worker registers) closes the HTTP server every worker starts.
+            preload=[] if dashboard is not None else [_WORKER_NO_HTTP],
+        )
+        try:
+            with Client(cluster) as client:
+                yield client
+        finally:
+            cluster.close()
     finally:
-        cluster.close()
+        dask_log.setLevel(level)
 
 
 def _run_distributed(

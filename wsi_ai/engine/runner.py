@@ -11,14 +11,18 @@ to the embedding.
 :func:`run_batches` is the loop: while the model works on batch *i*, the read threads
 fill the next batches (:class:`~wsi_ai.engine.loader.PatchBatches`), the copy of batch
 *i + 1* to the GPU is non-blocking from pinned memory, and the results of batch *i - 1*
-are copied back and written while batch *i* computes.
+are copied back and written while batch *i* computes. Every batch's outputs are checked
+for NaN and infinity on the device (one flag per batch, read with the results, so the check
+adds no synchronisation): corrupt weights or an overflowing precision stop the slide with a
+:class:`~wsi_ai.nn.weights.NonFiniteOutputError` instead of writing a store of NaN.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +33,7 @@ from wsi_ai.engine.loader import PatchBatches
 from wsi_ai.errors import ModelError
 from wsi_ai.nn.backbone import Backbone, build_backbone
 from wsi_ai.nn.cards import ModelCard, find_card
+from wsi_ai.nn.weights import NonFiniteOutputError
 
 __all__ = [
     "InferenceModel",
@@ -291,23 +296,50 @@ def _pinned_copy(values: torch.Tensor | None) -> torch.Tensor | None:
     return host.copy_(values, non_blocking=True)
 
 
+def _all_finite(outputs: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
+    """One 0-d bool tensor on the outputs' device: no NaN or infinity in any of them.
+
+    Computed on the device and not read here, so a GPU is not synchronised for it.
+    """
+    flag: torch.Tensor | None = None
+    for values in outputs:
+        if values is not None:
+            finite = torch.isfinite(values).all()
+            flag = finite if flag is None else flag & finite
+    return flag
+
+
+def _non_finite(model: InferenceModel, slide: Path | None) -> NonFiniteOutputError:
+    weights = model.backbone.weights
+    label = f"the random weights of card {model.card.name!r}" if weights is None else weights
+    return NonFiniteOutputError(label, slide or "this slide", path=slide)
+
+
 def run_batches(
     model: InferenceModel,
     batches: PatchBatches,
     write: Writer,
     progress: Callable[[int, int], None] | None = None,
     total: int | None = None,
+    *,
+    slide: Path | None = None,
 ) -> int:
     """Run every batch through ``model`` and hand the results to ``write`` in order.
 
     ``write(start, embeddings=..., scores=...)`` gets numpy arrays (float16, float32 or
     None). Returns the number of patches done. On a GPU, results are copied back into
     pinned memory without blocking and written one batch later, while the next computes.
+    A batch with NaN or infinite outputs raises :class:`NonFiniteOutputError` naming the
+    weights and ``slide`` (the file ``batches`` reads) before it is written.
     """
     if model.device.type == "cuda":
         with torch.cuda.device(model.device):  # events and streams on the model's GPU
-            return _loop(model, batches, write, progress, total)
-    return _loop(model, batches, write, progress, total)
+            return _loop(model, batches, write, progress, total, slide)
+    return _loop(model, batches, write, progress, total, slide)
+
+
+# (start, host outputs [embeddings, scores], copy-done event, all-finite flag)
+_Item = tuple[int, list[torch.Tensor | None], Any, torch.Tensor | None]
 
 
 def _loop(
@@ -316,17 +348,20 @@ def _loop(
     write: Writer,
     progress: Callable[[int, int], None] | None,
     total: int | None,
+    slide: Path | None,
 ) -> int:
     cuda = model.device.type == "cuda"
     # Host-to-device copies run on their own stream, so they overlap the previous batch.
     copy_stream = torch.cuda.Stream(model.device) if cuda else None
-    pending: tuple[int, list[torch.Tensor | None], Any] | None = None
+    pending: _Item | None = None
     done = 0
 
-    def finish(item: tuple[int, list[torch.Tensor | None], Any]) -> int:
-        start, host, event = item
+    def finish(item: _Item) -> int:
+        start, host, event, finite = item
         if event is not None:
             event.synchronize()
+        if finite is not None and not bool(finite):
+            raise _non_finite(model, slide)
         emb, scores = (_to_numpy(t) for t in host)
         write(start, embeddings=emb, scores=scores)
         return len(next(t for t in host if t is not None))
@@ -343,14 +378,16 @@ def _loop(
             pixels.record_stream(torch.cuda.current_stream(model.device))
             batch.release(copied)  # the read threads wait for the copy before refilling
         outputs = [None if t is None else t[:count] for t in model(pixels)]
+        finite = _all_finite(outputs)
         if cuda:
             host = [_pinned_copy(t) for t in outputs]
+            flag = _pinned_copy(finite)  # read after the event, with the outputs
             ready = torch.cuda.Event()
             ready.record()
-            item: tuple[int, list[torch.Tensor | None], Any] = (batch.start, host, ready)
+            item: _Item = (batch.start, host, ready, flag)
         else:
             batch.release()
-            item = (batch.start, outputs, None)
+            item = (batch.start, outputs, None, finite)
         if pending is not None:
             done += finish(pending)
             if progress is not None:

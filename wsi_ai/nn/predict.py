@@ -29,8 +29,9 @@ from wsi_ai import __version__
 from wsi_ai.errors import InvalidInputError, ModelError
 from wsi_ai.nn.aggregator_card import CARD_NAME, AggregatorCard, read_card
 from wsi_ai.nn.forward import resolve_device, run_bag
+from wsi_ai.nn.mil import MILOutput
 from wsi_ai.nn.probabilities import calibrated, softmax
-from wsi_ai.nn.weights import file_sha256
+from wsi_ai.nn.weights import NonFiniteOutputError, file_sha256
 from wsi_ai.outputs import atomic_output, check_output
 from wsi_ai.store.bags import SlideBag, load_bag
 
@@ -90,9 +91,23 @@ def check_compatible(
             )
 
 
+def check_finite(run: TrainedAggregator, bag: SlideBag, out: MILOutput) -> None:
+    """Raise :class:`NonFiniteOutputError` when a logit or an attention weight is NaN or
+    infinite, saying whether the features or the weights are to blame."""
+    if all(bool(torch.isfinite(t).all()) for t in (out.logits, out.patch_logits, out.attention)):
+        return
+    if not np.isfinite(bag.embeddings).all():
+        advice = "the features store holds NaN or infinite embeddings; re-embed the slide"
+    else:
+        advice = "the weights are corrupt or the training diverged; retrain or restore them"
+    raise NonFiniteOutputError(run.rundir / run.card.weights, bag.name, advice)
+
+
 def predict_bag(run: TrainedAggregator, bag: SlideBag) -> tuple[dict[str, Any], pd.DataFrame]:
-    """The slide's prediction record and its patch-score table."""
+    """The slide's prediction record and its patch-score table (non-finite outputs raise
+    :class:`~wsi_ai.nn.weights.NonFiniteOutputError`)."""
     out = run_bag(run.model, bag, run.device)
+    check_finite(run, bag, out)
     logits = out.logits.double().numpy()[None]
     prob, cal = softmax(logits)[0], calibrated(logits, run.card.temperature)[0]
     top = int(prob.argmax())

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import pickle
+import pickletools
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +32,28 @@ log = logging.getLogger(__name__)
 StateDict = dict[str, torch.Tensor]
 _WRAPPERS = ("state_dict", "model")
 _SHOWN = 5  # keys listed per kind in an error message
+
+
+NON_FINITE_ADVICE = "the weights are corrupt or the precision overflows; try --precision fp32"
+
+
+class NonFiniteOutputError(ModelError):
+    """NaN or infinity out of a model: the message names the weights, the input, what to try.
+
+    ``path`` is the input file the error belongs to (the slide), set without prefixing the
+    message, so a run's one-line report (:func:`~wsi_ai.errors.failure_message`) prints the
+    message as it is rather than naming the slide twice.
+    """
+
+    def __init__(
+        self,
+        weights: object,
+        source: object,
+        advice: str = NON_FINITE_ADVICE,
+        path: str | Path | None = None,
+    ) -> None:
+        super().__init__(f"non-finite outputs from {weights} on {source}: {advice}")
+        self.path = None if path is None else Path(path)
 
 
 def file_sha256(path: Path, chunk: int = 1 << 24) -> str:
@@ -57,17 +82,91 @@ def read_state_dict(path: Path) -> tuple[StateDict, str]:
             from safetensors.torch import load_file
 
             return dict(load_file(str(path), device="cpu")), fmt
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # the refusal below says what a warning would
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        code = _refused_code(path, str(err))
+        if code is None:
+            raise _unreadable(path, fmt, err) from err
+        raise ModelError(_refusal(path, code), path) from None  # torch's advice left out
     except Exception as err:
-        raise ModelError(
-            f"cannot read weights as {fmt} ({type(err).__name__}: {err}); "
-            "expected a safetensors file or a torch state dict saved with torch.save",
-            path,
-        ) from err
+        raise _unreadable(path, fmt, err) from err
     return unwrap(obj, path), fmt
+
+
+# torch.load(weights_only=True) refusing a pickle: it names the class or function the file
+# needs (GLOBAL module.name), or only the opcode it stopped at.
+_REFUSED = re.compile(r"Weights only load failed|WeightsUnpickler error")
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+_DETAIL = re.compile(r"WeightsUnpickler error: (.*?) ?(?:Check the documentation|$)")
+_CODE_OPS = {"GLOBAL", "STACK_GLOBAL", "REDUCE", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "BUILD"}
+
+
+def _refused_code(path: Path, torch_message: str) -> str | None:
+    """What a pickle torch refused to load needs: the class or function torch names, else the
+    first one the file's pickle refers to ("" when it builds objects without naming one);
+    None when torch did not refuse code or the file is no pickle (then it is unreadable)."""
+    if not _REFUSED.search(torch_message):
+        return None
+    found = _GLOBAL.search(torch_message)
+    return found.group(1) if found else _pickled_code(path)
+
+
+def _pickled_code(path: Path) -> str | None:
+    """The first class or function a pickle file refers to, "" when it builds objects
+    without one, None when it is not one whole pickle or refers to none. Parses only."""
+    strings: list[str] = []
+    code: str | None = None
+    try:
+        with path.open("rb") as f:
+            for op, arg, _ in pickletools.genops(f):  # ends at STOP, raises on junk
+                if isinstance(arg, str):
+                    strings = [*strings[-1:], arg]
+                if code is None and op.name == "GLOBAL":
+                    code = str(arg).replace(" ", ".")
+                elif code is None and op.name == "STACK_GLOBAL" and len(strings) == 2:
+                    code = ".".join(strings)
+                elif code is None and op.name in _CODE_OPS:
+                    code = ""
+    except Exception:  # not a pickle stream (random bytes, another format)
+        return None
+    return code
+
+
+def _refusal(path: Path, code: str) -> str:
+    """Why a pickled file is refused and how to convert it, on one line.
+
+    torch's own message advises ``weights_only=False``, which runs whatever code the file
+    holds; this one says what the file holds and gives a conversion that allowlists only
+    the classes it names (torch's ``safe_globals``), to run once where the file is trusted.
+    """
+    what = f"pickled code or objects ({code})" if code else "pickled code or objects"
+    allow = code or "TheClass"
+    return (
+        f"refused: the weights file holds {what} that wsi-ai will not unpickle, because "
+        "unpickling can run arbitrary code; convert it to safetensors once, on a machine "
+        "where you trust the file: 1) `with torch.serialization.safe_globals(["
+        f"{allow}]): obj = torch.load('{path.name}')` 2) `sd = obj.state_dict() if "
+        "hasattr(obj, 'state_dict') else obj` 3) `safetensors.torch.save_file({k: "
+        "v.contiguous() for k, v in sd.items() if torch.is_tensor(v)}, 'weights.safetensors')`; "
+        "then pass weights.safetensors"
+    )
+
+
+def _unreadable(path: Path, fmt: str, err: Exception) -> ModelError:
+    text = " ".join(str(err).split())
+    if _REFUSED.search(text):  # keep torch's finding, not its advice to unpickle anyway
+        detail = _DETAIL.search(text)
+        text = detail.group(1) if detail and detail.group(1) else "not a torch checkpoint"
+    return ModelError(
+        f"cannot read weights as {fmt} ({type(err).__name__}: {text}); "
+        "expected a safetensors file or a torch state dict saved with torch.save",
+        path,
+    )
 
 
 def unwrap(obj: Any, path: Path | None = None) -> StateDict:

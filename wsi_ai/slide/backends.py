@@ -5,7 +5,8 @@ SCN, BIF, DICOM, tiled TIFF). It rejects plain striped TIFFs and OME-TIFF, which
 tiffslide reads. Both are wrapped in :class:`Backend`, which hides their differences:
 pixels come back as RGB uint8 with alpha composited on white, errors become
 :mod:`wsi_ai.errors` types, and reads are safe from many threads (OpenSlide handles are
-thread-safe; tiffslide gets one handle per thread).
+thread-safe; tiffslide gets one handle per thread). When ``auto`` falls back to
+tiffslide, :attr:`Backend.fallback_reason` keeps why OpenSlide refused the file.
 """
 
 from __future__ import annotations
@@ -87,6 +88,8 @@ class Backend:
         self._handles: list[_Reader] = []
         self._lock = threading.Lock()
         self._closed = False
+        # Why the backend tried first refused the file, when ``auto`` fell back to this one.
+        self.fallback_reason: str | None = None
         self.primary = self._open_handle()
 
     def _open_handle(self) -> _Reader:
@@ -192,29 +195,31 @@ def open_backend(path: Path, backend: str = "auto") -> Backend:
         order = (backend,)  # type: ignore[assignment]
     else:
         raise ParameterError(f"unknown backend {backend!r}: use auto, openslide or tiffslide")
-    reasons: list[str] = []
+    reasons: list[tuple[BackendName, str]] = []  # (backend, why it refused the file)
     for name in order:
         try:
             opened = Backend(path, name)
         except Exception as err:
-            reasons.append(f"{name}: {_short(err)}")
+            reasons.append((name, _short(err)))
             continue
         try:
             dims = opened.primary.level_dimensions
             if len(dims) == 0 or min(min(d) for d in dims) <= 0:
                 # Caught just below and reported as UnsupportedSlideError with the file.
                 raise ValueError("no image levels in the file")
+            if reasons:  # an earlier backend refused the file
+                opened.fallback_reason = reasons[0][1]
             return opened
         except Exception as err:
             opened.close()
-            reasons.append(f"{name}: {_short(err)}")
+            reasons.append((name, _short(err)))
     hint = "is it a whole-slide image? if it is, the file may be truncated: copy it again"
     if _is_dicom(path):
         hint = (
             "a DICOM file needs a VL Whole Slide Microscopy pyramid image with its ImageType; "
             "label-only or malformed DICOM files cannot be read: export the slide again"
         )
-    why = "; ".join(reasons)
+    why = "; ".join(f"{name}: {reason}" for name, reason in reasons)
     raise UnsupportedSlideError(f"cannot read this file as a slide ({why}); {hint}", path)
 
 

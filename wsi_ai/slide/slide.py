@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,10 +69,50 @@ def open_slide(
         ) from err
     opened = open_backend(p, backend)
     try:
-        return Slide(p, opened, mpp_override)
+        slide = Slide(p, opened, mpp_override)
     except Exception:
         opened.close()
         raise
+    if slide.fallback_reason is not None:
+        _report_fallback(slide)
+    return slide
+
+
+_REPORTED: set[tuple[str, int, int]] = set()
+_REPORTED_LOCK = threading.Lock()
+
+
+def _report_fallback(slide: Slide) -> None:
+    """Say once per file and process that tiffslide read a slide OpenSlide refused.
+
+    A vendor format that OpenSlide reads (tiffslide recognised Aperio, Hamamatsu, Leica...)
+    refused by it is a warning: the file may be damaged (a truncated copy, say). A format
+    OpenSlide does not read (a striped or an OME TIFF) is a note shown with -v only. Either
+    way :attr:`Slide.fallback_reason` and ``wsi-ai info --json`` say why.
+    """
+    try:
+        stat = slide.path.stat()
+        key = (str(slide.path.resolve()), stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        key = (str(slide.path), -1, -1)
+    with _REPORTED_LOCK:
+        if key in _REPORTED:
+            return
+        _REPORTED.add(key)
+    if slide.vendor != "generic-tiff":
+        log.warning(
+            "%s: read with %s because OpenSlide refused it (%s); the file may be damaged",
+            slide.path,
+            slide.backend,
+            slide.fallback_reason,
+        )
+    else:
+        log.info(
+            "%s: read with %s; OpenSlide does not read this file (%s)",
+            slide.path,
+            slide.backend,
+            slide.fallback_reason,
+        )
 
 
 def choose_level(downsamples: tuple[float, ...], target_downsample: float) -> int:
@@ -111,7 +152,13 @@ class Slide:
     # -- identity and metadata -------------------------------------------------------
     @property
     def backend(self) -> BackendName:
+        """The library that reads the file: ``openslide`` or ``tiffslide``."""
         return self._backend.name
+
+    @property
+    def fallback_reason(self) -> str | None:
+        """Why OpenSlide refused the file when ``auto`` fell back to tiffslide, else None."""
+        return self._backend.fallback_reason
 
     @property
     def vendor(self) -> str:
@@ -253,6 +300,7 @@ class Slide:
             "file": self.path.name,
             "file_size": self.file_size,
             "backend": self.backend,
+            "fallback_reason": self.fallback_reason,
             "vendor": self.vendor,
             "width": self.dimensions[0],
             "height": self.dimensions[1],
