@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from wsi_ai.cli.engine_cmds import embed, score
 from wsi_ai.engine import EngineConfig, FeaturesWriter, embed_slide, run_slides
-from wsi_ai.engine.graph import parse_scheduler
+from wsi_ai.engine.cluster import parse_scheduler
 from wsi_ai.engine.loader import PatchReader
 from wsi_ai.engine.runner import InferenceModel
 from wsi_ai.nn.backbone import build_backbone

@@ -218,7 +218,7 @@ def test_info_json_names_the_backend_and_why_the_other_refused(
 
 def test_a_local_cluster_serves_no_dashboard() -> None:
     pytest.importorskip("distributed")
-    from wsi_ai.engine.graph import dask_client
+    from wsi_ai.engine.cluster import dask_client
 
     with dask_client("processes", None, 2, 0) as client:
         assert client.submit(sum, [1, 2]).result() == 3

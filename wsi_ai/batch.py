@@ -18,7 +18,7 @@ keeps the batch promises:
 * ``OUT/.wsi-ai-run.lock`` (an OS file lock, released when the process dies, so a killed run
   never leaves a dead end) refuses a second run on the same OUT.
 
-Where slides run is the engine's scheduler choice (:func:`wsi_ai.engine.graph.parse_scheduler`):
+Where slides run is the engine's scheduler choice (:func:`wsi_ai.engine.cluster.parse_scheduler`):
 this process, ``processes:N`` (a local cluster of N worker processes) or ``tcp://HOST:PORT``
 (slides, OUT, cards and weights at the same paths on every worker). A worker that dies is
 replaced and its slide rerun by Dask. Each worker builds its models once (:class:`WorkerModels`).
@@ -368,7 +368,7 @@ def execute(
 ) -> None:
     """Run :func:`process_slide` for every ``todo`` row where ``scheduler`` says; report each
     outcome to ``finished(index, outcome)`` as it comes."""
-    from wsi_ai.engine.graph import dask_client, parse_scheduler
+    from wsi_ai.engine.cluster import dask_client, parse_scheduler
 
     kind, workers = parse_scheduler(scheduler)
     total = len(todo)

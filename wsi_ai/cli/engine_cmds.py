@@ -57,7 +57,7 @@ def _batch_size(ctx: click.Context, param: click.Parameter, value: str) -> int |
 
 
 def _scheduler(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    from wsi_ai.engine.graph import parse_scheduler
+    from wsi_ai.engine.cluster import parse_scheduler
 
     try:
         parse_scheduler(value)

@@ -175,7 +175,7 @@ def run(
           --scheduler tcp://head:8786
     """
     from wsi_ai.batch import run_batch
-    from wsi_ai.engine.graph import parse_scheduler
+    from wsi_ai.engine.cluster import parse_scheduler
     from wsi_ai.inputs import SlideInput, collect_inputs
     from wsi_ai.pipeline_config import load_pipeline
 

@@ -37,9 +37,9 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ from typing import Any
 import dask
 import torch
 
+from wsi_ai.engine.cluster import dask_client, parse_scheduler
 from wsi_ai.engine.config import EngineConfig, ModelConfig, SlideResult
 from wsi_ai.engine.embed import PreparedSlide, prepare_slide, run_prepared
 from wsi_ai.engine.runner import InferenceModel, load_model, normalise_device
@@ -55,36 +56,11 @@ from wsi_ai.nn.cards import ModelCard, find_card
 from wsi_ai.outputs import check_output
 from wsi_ai.store.features import features_path
 
-__all__ = [
-    "cached_model",
-    "dask_client",
-    "parse_scheduler",
-    "run_slides",
-    "worker_device",
-]
+__all__ = ["cached_model", "run_slides", "worker_device"]
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
-_ADDRESS = re.compile(r"^[a-z][a-z0-9+]*://|^[\w.-]+:\d+$")
-
-
-def parse_scheduler(scheduler: str | None) -> tuple[str, int | None]:
-    """``(kind, workers)``: kind is ``threads``, ``processes`` or ``address``."""
-    if scheduler in (None, "", "threads"):
-        return "threads", None
-    assert scheduler is not None
-    if scheduler == "processes":
-        return "processes", None
-    match = re.fullmatch(r"processes:(\d+)", scheduler)
-    if match and int(match.group(1)) >= 1:
-        return "processes", int(match.group(1))
-    if _ADDRESS.match(scheduler):
-        return "address", None
-    raise ValueError(
-        f"scheduler {scheduler!r}: use threads, processes, processes:N or a cluster address "
-        "such as tcp://HOST:8786"
-    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -304,83 +280,6 @@ def _run_threads(
     with ThreadPoolExecutor(2, thread_name_prefix="wsi-ai-slide") as pool:
         computed = dask.compute(*graph, scheduler="threads", pool=pool)
     return {index: result for (index, _, _), result in zip(todo, computed, strict=True)}
-
-
-# Run by each worker of a local cluster before it registers (Dask's preload protocol).
-_WORKER_NO_HTTP = """
-def dask_setup(worker):  # wsi-ai: workers of a local cluster serve no HTTP
-    server = getattr(worker, "http_server", None)
-    if server is not None:
-        server.stop()
-    worker.services.pop("dashboard", None)
-"""
-
-
-@contextmanager
-def dask_client(
-    kind: str,
-    address: str | None,
-    workers: int | None,
-    gpus: int,
-    *,
-    dashboard: str | None = None,
-) -> Iterator[Any]:
-    """A client of the cluster at ``address``, or of a local cluster of processes.
-
-    The local cluster is quiet and private: Dask's log lines (scheduler, nannies, workers)
-    are not printed (its warnings are, with -v), and neither its scheduler nor its workers
-    serve HTTP (no dashboard, /metrics or /info) unless ``dashboard`` (e.g. ``":8787"``)
-    asks for one. Only the processes' own TCP ports on 127.0.0.1 are open while it runs.
-    """
-    try:
-        from distributed import Client, LocalCluster
-        from distributed.scheduler import Scheduler
-    except ImportError as err:
-        raise ModelError(
-            "running on a Dask cluster needs the `distributed` package: pip install distributed"
-        ) from err
-    if kind == "address":
-        with Client(address, timeout="30s") as client:
-            yield client
-        return
-
-    class NoHttpScheduler(Scheduler):
-        """A scheduler without the HTTP server Dask starts even when the dashboard is off."""
-
-        def start_http_server(self, *args: Any, **kwargs: Any) -> None:
-            return None
-
-    class QuietCluster(LocalCluster):
-        async def _start(self) -> None:
-            if dashboard is None and self.scheduler_spec is not None:
-                self.scheduler_spec["cls"] = NoHttpScheduler
-            await super()._start()
-
-    # The CLI's log handler sits on the root logger, so Dask's INFO lines reach it unless
-    # Dask's own logger is raised (to WARNING with -v, else ERROR); put back afterwards.
-    dask_log = logging.getLogger("distributed")
-    level = dask_log.level
-    verbose = logging.getLogger().getEffectiveLevel() <= logging.INFO
-    dask_log.setLevel(logging.WARNING if verbose else logging.ERROR)
-    try:
-        cluster = QuietCluster(
-            n_workers=workers or max(1, gpus),
-            threads_per_worker=1,
-            processes=True,
-            resources={"GPU": 1} if gpus else None,
-            dashboard_address=dashboard,
-            silence_logs=logging.ERROR,
-            # Worker processes cannot take a class made here; a preload script (run before
-            # the worker registers) closes the HTTP server every worker starts.
-            preload=[] if dashboard is not None else [_WORKER_NO_HTTP],
-        )
-        try:
-            with Client(cluster) as client:
-                yield client
-        finally:
-            cluster.close()
-    finally:
-        dask_log.setLevel(level)
 
 
 def _run_distributed(

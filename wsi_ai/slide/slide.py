@@ -269,11 +269,19 @@ class Slide:
         return resize(np.concatenate(bands, axis=0), (out_w, out_h))
 
     def thumbnail(self, max_size: int = 1024) -> RGBArray:
-        """The whole slide shrunk so its longer side is at most ``max_size`` px."""
-        longest = max(self.dimensions)
-        target_ds = max(1.0, longest / max_size)
-        level = self.best_level_for_downsample(target_ds)
-        return self.read_level(level, max_size)
+        """The whole slide shrunk so its longer side is at most ``max_size`` px.
+
+        Kept per size for the life of this handle (the tissue, QC, grid preview, overlay and
+        report stages all ask for one): each call returns its own copy."""
+        cache: dict[int, RGBArray] = self.__dict__.setdefault("_thumbnails", {})
+        if max_size not in cache:
+            longest = max(self.dimensions)
+            target_ds = max(1.0, longest / max_size)
+            level = self.best_level_for_downsample(target_ds)
+            if len(cache) >= 4:
+                cache.clear()
+            cache[max_size] = self.read_level(level, max_size)
+        return cache[max_size].copy()
 
     def associated_image(self, name: str) -> RGBArray:
         """An associated image (label, macro, thumbnail) by name, as RGB uint8."""
