@@ -24,6 +24,7 @@ from wsi_ai.errors import InvalidInputError, SlideNotFoundError
 
 QP = "annotations/qupath_geojson/"
 ASAP = "annotations/asap_xml/"
+H = 1e308  # coordinates GEOS fails on
 
 
 def _quiet_read(reader, path, **kwargs):
@@ -201,7 +202,6 @@ def test_top_level_shapes_gzip_and_skips(tmp_path):
     data = [
         [{"type": "Point", "coordinates": [1.5, 2.5, 9]}],  # nested array, bare geometry with z
         {"type": "GeometryCollection", "geometries": [SQUARE]},  # standard form: accepted
-        {"type": "feature", "geometry": SQUARE},  # case variant: QuPath skips it
         {"type": "Feature", "geometry": SQUARE, "properties": {"objectType": "tmaCore"}},
     ]
     path = tmp_path / "x.geojson.gz"
@@ -210,7 +210,7 @@ def test_top_level_shapes_gzip_and_skips(tmp_path):
     got = read_qupath_geojson(path, report=report)
     assert [a.geometry.geom_type for a in got] == ["Point", "GeometryCollection"]
     assert got[0].geometry.coords[0] == (1.5, 2.5)
-    assert report.skipped == 2
+    assert report.skipped == 1  # the TMA core, as QuPath's file import skips it
 
 
 @pytest.mark.qupath_unchecked  # QuPath refuses this input; wsi-ai reads it
@@ -269,6 +269,201 @@ def test_malformed_geojson_names_file_and_feature(tmp_path, content, needle):
     assert str(path) in str(info.value) and needle in str(info.value)
 
 
+# ------------------------------- not GeoJSON, or not a format we read: refused, never "empty"
+def _refusal(path: Path) -> str:
+    with pytest.raises(InvalidInputError) as info:
+        read_qupath_geojson(path)
+    assert str(info.value).startswith(f"{path}: ") and "\n" not in str(info.value)
+    return str(info.value)
+
+
+@pytest.mark.qupath_unchecked  # not GeoJSON on purpose
+@pytest.mark.parametrize(
+    ("document", "needle"),
+    [
+        ({}, 'a JSON object without a "type" member'),
+        (None, "null"),
+        ("hi", "a string"),
+        (5, "a number"),
+        (True, "a boolean"),
+        ({"type": "Topology", "objects": {}}, "type 'Topology'"),
+        ({"type": "feature", "geometry": SQUARE}, "type 'feature'"),  # case matters, as in QuPath
+        ({"type": "FeatureCollection"}, "FeatureCollection without a 'features' array"),
+        ({"type": "FeatureCollection", "features": None}, "'features' is null, not an array"),
+        ({"type": "FeatureCollection", "features": {"0": _feature()}}, "'features' is an object"),
+        ({"type": "FeatureCollection", "features": "x"}, "'features' is a string"),
+        ({"features": [_feature()]}, 'a JSON object without a "type" member'),
+        ({"features": [_feature()], "type": "Topology"}, "type 'Topology'"),
+        ([_feature(), {"type": "Thing"}], "feature 1: type 'Thing'"),
+        ([_feature(), "hi"], "feature 1: a string"),
+        ([[_feature()], [None]], "feature 1.0: null"),
+        ({"dataset": "d", "image": {"width": 9}, "annotations": []}, "V7 Darwin JSON"),  # 1.0
+        ({"version": "2.0", "item": {"name": "a"}, "annotations": []}, "V7 Darwin JSON"),  # 2.0
+        ({"images": [], "annotations": [], "categories": []}, "COCO JSON"),
+    ],
+)
+def test_what_is_not_geojson_is_refused_with_the_expected_format(tmp_path, document, needle):
+    message = _refusal(_write(tmp_path, json.dumps(document), "bad.geojson"))
+    assert needle in message
+    assert "expected QuPath GeoJSON" in message or "'features'" in message
+    assert "export" in message or "fix" in message  # says what to do
+
+
+def test_a_real_v7_darwin_file_is_refused(shared):
+    message = _refusal(shared("annotations/other/v7darwin_103S.json"))
+    assert "V7 Darwin JSON" in message and "expected QuPath GeoJSON" in message
+
+
+@pytest.mark.parametrize("document", [{"type": "FeatureCollection", "features": []}, []])
+def test_an_empty_but_well_formed_file_is_legal_with_a_warning(tmp_path, document):
+    report = ImportReport()
+    with pytest.warns(UserWarning, match="no objects"):
+        got = read_qupath_geojson(_write(tmp_path, document, "empty.json"), report=report)
+    assert got == [] and report.warnings == ["file: no objects found"]
+
+
+@pytest.mark.parametrize(
+    ("document", "names"),
+    [  # json.dumps(sort_keys=True) puts "features" before "type"; other members are foreign
+        ({"type": "FeatureCollection", "bbox": [0, 9], "features": [_feature()] * 2}, [None] * 2),
+        (_feature({"name": "x"}, features=[{"ignored": True}]), ["x"]),  # a Feature's member
+        ({"type": "FeatureCollection", "features": [_feature()], "features ": 1, "id": 2}, [None]),
+    ],
+)
+def test_members_in_any_order_and_foreign_members(tmp_path, document, names):
+    path = _write(tmp_path, json.dumps(document, sort_keys=True), "f.json")
+    assert [a.name for a in read_qupath_geojson(path)] == names
+
+
+@pytest.mark.qupath_unchecked  # not JSON on purpose
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ('{"type": "FeatureCollection", "features": [], "features": []}', "appears twice"),
+        ('{"type": "FeatureCollection", "features": []} x', "malformed JSON at line 1, column 47"),
+        ('[{"type": "Point", "coordinates": [1, 2]}, ]', "malformed JSON at line 1, column 44"),
+        ('{"type": "FeatureCollection" "features": []}', "malformed JSON at line 1, column 30"),
+        (
+            '{"type": "FeatureCollection", "features": [\n' + json.dumps(_feature()) + "}",
+            "malformed JSON at line 2, column",
+        ),
+        ('[\n{"type": "Point", "coordinates": [1, 2]}\n{', "malformed JSON at line 3, column 1"),
+        ("", "malformed JSON at line 1, column 1"),
+        ("[" * 100_000, "nested too deeply"),
+    ],
+)
+def test_malformed_json_is_refused_with_its_position(tmp_path, text, needle):
+    assert needle in _refusal(_write(tmp_path, text, "bad.json"))
+
+
+# --------------------------------- coordinates: JSON numbers only, finite, never coerced
+@pytest.mark.qupath_unchecked  # bad coordinates on purpose
+@pytest.mark.parametrize(
+    ("geometry", "needle"),
+    [
+        ('{"type": "Point", "coordinates": ["10", "20"]}', 'must be numbers, got "10"'),
+        ('{"type": "Point", "coordinates": [true, 0]}', "must be numbers, got true"),
+        ('{"type": "Point", "coordinates": [0, 1, false]}', "must be numbers, got false"),
+        ('{"type": "MultiPoint", "coordinates": [[1, 2], [null, 3]]}', "got null"),
+        ('{"type": "LineString", "coordinates": [[0, 0], [1, "1"]]}', 'got "1"'),
+        ('{"type": "Polygon", "coordinates": [[[0, 0], [9, 0], [9, true], [0, 0]]]}', "got true"),
+        ('{"type": "Point", "coordinates": [NaN, 0]}', "finite"),
+        ('{"type": "Point", "coordinates": [0, -Infinity]}', "finite"),
+        ('{"type": "Point", "coordinates": [1e999, 0]}', "finite"),
+        ('{"type": "Point", "coordinates": [1' + "0" * 400 + ", 0]}", "too large"),
+        ('{"type": "Point", "coordinates": 5}', "must be an [x, y] position"),
+        ('{"type": "Point", "coordinates": [[1, 2]]}', "a position must be [x, y], got [[1, 2]]"),
+        ('{"type": "Polygon", "coordinates": [[0, 0], [9, 9], [0, 9], [0, 0]]}', "ring 0: a pos"),
+        ('{"type": "Polygon", "coordinates": [[[0, 0], [9, 0], [0, 0]]]}', "at least 4 positions"),
+        ('{"type": "LineString", "coordinates": [[0, 0]]}', "two or more positions"),
+    ],
+)
+def test_coordinates_must_be_finite_json_numbers(tmp_path, geometry, needle):
+    for where, text in [
+        ("feature 0", f'{{"type": "Feature", "geometry": {geometry}, "properties": {{}}}}'),
+        ("feature 0", geometry),  # a bare geometry
+        (
+            "feature 0: nucleusGeometry: ",
+            f'[{{"type": "Feature", "geometry": {json.dumps(SQUARE)}, "nucleusGeometry": '
+            f'{geometry}, "properties": {{"objectType": "cell"}}}}]',
+        ),
+    ]:
+        message = _refusal(_write(tmp_path, text, "bad.json"))
+        assert needle in message and where in message
+
+
+@pytest.mark.qupath_unchecked  # odd geometry on purpose
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # shapely overflows on +-1e308
+@pytest.mark.parametrize(
+    ("geometry", "outcome"),
+    [  # found by tests/test_fuzz_annotations.py: each crashed the reader with another exception
+        ({"type": "MultiLineString", "coordinates": [[]]}, []),  # shapely: EmptyPartError
+        ({"type": "MultiLineString", "coordinates": [[], [[0, 0], [1, 1]]]}, ["MultiLineString"]),
+        ({"type": ["Polygon"], "coordinates": []}, 'type ["Polygon"] is not a GeoJSON type'),
+        (  # GEOS: TopologyException while repairing
+            {"type": "Polygon", "coordinates": [[[-H, -H], [H, H], [H, -H], [-H, H], [-H, -H]]]},
+            "feature 0: GEOS cannot repair this geometry",
+        ),
+    ],
+)
+def test_geometries_that_crashed_the_reader(tmp_path, geometry, outcome):
+    path = _write(tmp_path, [geometry], "odd.json")
+    if isinstance(outcome, str):
+        assert outcome in _refusal(path)
+        return
+    assert [a.geometry.geom_type for a in _quiet_read(read_qupath_geojson, path)] == outcome
+
+
+@pytest.mark.qupath_unchecked  # bad colours on purpose
+@pytest.mark.parametrize(
+    "properties",
+    [
+        '{"classification": {"name": "A", "color": [NaN, 0, 0]}}',
+        '{"classification": {"name": "A", "color": [1e999, 0, 0]}}',
+        '{"classification": {"name": "A", "color": [Infinity]}}',
+        '{"color": -Infinity}',
+        '{"classification": {"name": "A", "colorRGB": 1e999}}',
+    ],
+)
+def test_non_finite_colours_are_refused_not_crashed_on(tmp_path, properties):
+    text = f'[{{"type": "Feature", "geometry": {json.dumps(SQUARE)}, "properties": {properties}}}]'
+    assert "feature 0: " in _refusal(_write(tmp_path, text, "bad.json"))
+
+
+@pytest.mark.qupath_unchecked  # QuPath refuses the unclosed ring; wsi-ai closes it
+@pytest.mark.parametrize(
+    ("geometry", "area"),
+    [
+        ([[[0, 0], [10, 0], [10, 10], [0, 10]]], 100),  # unclosed ring: closed (QuPath refuses)
+        ([[[0, 0, 5], [10, 0, 5], [10, 10, 5], [0, 10, 5], [0, 0, 5]]], 100),  # z dropped
+        ([[[0, 0, 5, 7], [10, 0, 5, 7], [10, 10, 5, 7], [0, 0, 5, 7]]], 50),  # as QuPath: x, y
+        ([[[0.5, 0], [10, 0], [10, 10], [0.5, 0.0]]], 47.5),  # int/float mix is fine
+    ],
+)
+def test_coordinates_qupath_accepts_are_read(tmp_path, geometry, area):
+    path = _write(tmp_path, [_feature(geometry={"type": "Polygon", "coordinates": geometry})])
+    (got,) = read_qupath_geojson(path)
+    assert got.geometry.area == pytest.approx(area)
+
+
+@pytest.mark.qupath_unchecked  # not GeoJSON on purpose
+@pytest.mark.parametrize(
+    "document",
+    [{"annotations": [{"polygon": {"path": [{"x": 1}]}}], "image": {"width": 9}}, {}, None],
+)
+def test_convert_refuses_what_it_cannot_read_and_writes_nothing(tmp_path, document):
+    from click.testing import CliRunner
+
+    from wsi_ai.cli import main
+
+    source = _write(tmp_path, json.dumps(document), "in.json")
+    for out in (tmp_path / "out.geojson", tmp_path / "out.xml"):
+        result = CliRunner().invoke(main, ["annotations", "convert", str(source), "-o", str(out)])
+        assert result.exit_code == 1 and not out.exists()
+        errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+        assert len(errors) == 1 and "expected QuPath GeoJSON" in errors[0], result.stderr
+
+
 def test_missing_file_is_a_not_found_error(tmp_path):
     with pytest.raises(SlideNotFoundError):
         read_qupath_geojson(tmp_path / "nope.geojson")
@@ -295,13 +490,8 @@ def test_qupath_round_trip_through_the_geojson_writer(shared, tmp_path, name):
     back = read_qupath_geojson(out)
     assert len(back) == len(original)
     for a, b in zip(original, back, strict=True):
-        assert (b.classification, b.color, b.name, b.object_type, b.locked) == (
-            a.classification,
-            a.color,
-            a.name,
-            a.object_type,
-            a.locked,
-        )
+        kept = ("classification", "color", "name", "object_type", "locked")
+        assert [getattr(b, k) for k in kept] == [getattr(a, k) for k in kept]
         assert dict(b.measurements) == pytest.approx(dict(a.measurements), nan_ok=True)
         # QuPath's 0.01 px grid: areas agree to well under a pixel per unit of perimeter
         assert b.geometry.symmetric_difference(a.geometry).area <= 0.01 * a.geometry.length + 1e-6

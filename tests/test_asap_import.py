@@ -226,6 +226,57 @@ def test_malformed_xml_names_file_and_element(tmp_path, text, needle):
     assert str(path) in str(info.value) and needle in str(info.value)
 
 
+_DOT = _ann("d", "Dot", "None", [("1", "2")])
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ('<?xml version="1.0" encoding="bogus"?>' + _asap(_DOT), "unknown encoding 'bogus'"),
+        ('<?xml version="1.0" encoding="shift_jis"?>' + _asap(_DOT), "encoding 'shift_jis'"),
+        ('<?xml version="1.0" encoding="utf-16"?>' + _asap(_DOT), "encoding"),
+        # an element we do not know where annotations are: refused, not skipped
+        (_asap(_DOT + '<Annotatio Name="x" Type="Dot" />'), "element 1: <Annotatio> is not"),
+        (_asap(_DOT + "<Group />"), "element 1: <Group> is not an <Annotation>"),
+        ("<ASAP_Annotations><AnnotationGroups /></ASAP_Annotations>", "no <Annotations>"),
+        ("<ASAP_Annotations />", "no <Annotations> element"),
+    ],
+)
+def test_xml_that_is_not_wholly_understood_is_refused(tmp_path, text, needle):
+    path = tmp_path / "odd.xml"
+    path.write_bytes(text.encode("utf-8"))
+    with pytest.raises(InvalidInputError) as info:
+        read_asap_xml(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and needle in message and "\n" not in message
+    assert "ASAP XML" in message or "XML" in message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<ASAP_Annotations><Annotations /><AnnotationGroups /></ASAP_Annotations>",
+        '<?xml version="1.0"?>\n<ASAP_Annotations><Annotations>\n</Annotations></ASAP_Annotations>',
+    ],
+)
+def test_an_empty_asap_file_is_legal_with_a_warning(tmp_path, text):
+    path = tmp_path / "empty.xml"
+    path.write_text(text)
+    report = ImportReport()
+    with pytest.warns(UserWarning, match="no annotations"):
+        assert read_asap_xml(path, report=report) == []
+    assert report.warnings == ["file: no annotations found"]
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # shapely overflows on +-1e308
+def test_a_polygon_geos_cannot_repair_is_refused(tmp_path):
+    big = [("-1e308", "-1e308"), ("1e308", "1e308"), ("1e308", "-1e308"), ("-1e308", "1e308")]
+    path = tmp_path / "huge.xml"
+    path.write_text(_asap(_ann("x", "Polygon", "None", big)))
+    with pytest.raises(InvalidInputError, match=r"annotation 0 .*GEOS cannot repair"):
+        read_asap_xml(path)
+
+
 BILLION_LAUGHS = """<?xml version="1.0"?>
 <!DOCTYPE lolz [
  <!ENTITY lol "lol">

@@ -215,9 +215,11 @@ def test_stitch_outdir_that_is_empty_foreign_or_failed(
     assert code == 1 and "did not write" in stderr
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
 
-    no_mpp = white_slide(tmp_path / "white.tif")  # fails inside the writing: no MPP
+    # a slide large enough for the patches (so the identity and bounds checks let it through
+    # with --allow-other-slide) but without an MPP: the writing itself fails
+    no_mpp = white_slide(tmp_path / "white.tif", side=3072)
     failed = tmp_path / "failed"
-    code, _, stderr = run("stitch", scores, "--slide", no_mpp, "-o", failed)
+    code, _, stderr = run("stitch", scores, "--slide", no_mpp, "-o", failed, "--allow-other-slide")
     assert code == 1 and "--slide-mpp" in stderr
     assert not failed.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import shapely
+from shapely.errors import GEOSException
 from shapely.geometry import GeometryCollection, MultiLineString, MultiPoint, MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
@@ -31,6 +32,11 @@ class ImportReport:
         self.warnings.append(f"{where}: {message}")
 
 
+class RepairError(ValueError):
+    """GEOS could not check or repair a geometry (absurd coordinates such as +-1e308); the
+    reader refuses the file with this message, which names ``where``."""
+
+
 def repair_polygonal(
     geometry: BaseGeometry, report: ImportReport, where: str
 ) -> BaseGeometry | None:
@@ -38,12 +44,22 @@ def repair_polygonal(
 
     Self-intersections are resolved by the nonzero winding rule. Points and lines pass
     unchanged. A repair increments ``report.repaired``; an empty result increments
-    ``report.dropped``. Both add a message naming ``where``.
+    ``report.dropped``. Both add a message naming ``where``. Raises :class:`RepairError`
+    when GEOS fails on the geometry.
     """
+    try:
+        return _repair(geometry, report, where)
+    except GEOSException as err:
+        raise RepairError(
+            f"{where}: GEOS cannot repair this geometry ({err}); check its coordinates"
+        ) from None
+
+
+def _repair(geometry: BaseGeometry, report: ImportReport, where: str) -> BaseGeometry | None:
     if isinstance(geometry, GeometryCollection) and not isinstance(
         geometry, MultiPoint | MultiLineString | MultiPolygon
     ):
-        parts = [repair_polygonal(g, report, where) for g in geometry.geoms]
+        parts = [_repair(g, report, where) for g in geometry.geoms]
         kept = [g for g in parts if g is not None]
         return GeometryCollection(kept) if kept else None
     if isinstance(geometry, Polygon | MultiPolygon) and not geometry.is_valid:
