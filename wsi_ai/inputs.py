@@ -57,8 +57,9 @@ class SlideInput:
 def _manifest(path: Path) -> list[SlideInput]:
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.DictReader(handle))
-            columns = [c.strip() for c in (rows[0].keys() if rows else [])]
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            columns = [c.strip() for c in (reader.fieldnames or [])] if rows else []
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise InvalidInputError(f"cannot read the manifest CSV ({err})", path) from err
     if "path" not in columns:
@@ -67,9 +68,17 @@ def _manifest(path: Path) -> list[SlideInput]:
         )
     out: list[SlideInput] = []
     for number, row in enumerate(rows, start=2):
+        if None in row:  # csv.DictReader keeps a row's surplus fields under the key None
+            raise InvalidInputError(
+                f"line {number}: more fields than the header's {len(columns)} columns "
+                "(a comma in a value needs quotes)",
+                path,
+            )
         row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
         if not row["path"]:
             raise InvalidInputError(f"line {number}: empty path", path)
+        if "\x00" in row["path"]:
+            raise InvalidInputError(f"line {number}: the path contains a NUL character", path)
         mpp: float | None = None
         if row.get("slide_mpp"):
             try:
@@ -82,7 +91,10 @@ def _manifest(path: Path) -> list[SlideInput]:
                     f"{row['slide_mpp']!r}",
                     path,
                 )
-        slide = Path(row["path"]).expanduser()
+        try:
+            slide = Path(row["path"]).expanduser()
+        except RuntimeError as err:  # ~user of a user this machine does not know
+            raise InvalidInputError(f"line {number}: path {row['path']!r}: {err}", path) from err
         slide = slide if slide.is_absolute() else path.parent / slide
         extra = {k: v for k, v in row.items() if k and k not in _RESERVED}
         out.append(SlideInput(slide.absolute(), row.get("label") or None, mpp, extra))
@@ -104,7 +116,10 @@ def collect_inputs(items: Iterable[Path]) -> list[SlideInput]:
     """The slides named by ``items`` (files, folders, manifest CSVs), in the order given."""
     out: list[SlideInput] = []
     for item in items:
-        item = Path(item).expanduser()
+        try:
+            item = Path(item).expanduser()
+        except RuntimeError:  # ~user unknown here: left as it is, then a missing file
+            item = Path(item)
         if item.is_dir():
             slides = _folder(item)
             if not slides:

@@ -288,9 +288,13 @@ def _convert(value: Any, tp: Any) -> Any:
         raise TypeError
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            if not math.isfinite(value):
+            try:
+                number = float(value)  # an integer beyond a float's range overflows
+            except OverflowError:
+                raise TypeError from None
+            if not math.isfinite(number):
                 raise TypeError
-            return float(value)
+            return number
         raise TypeError
     if tp is str:
         if isinstance(value, str):
@@ -334,14 +338,19 @@ def _parse_override(text: str) -> tuple[str, str, Any]:
     return section, name.strip(), value
 
 
-def _resolve(value: str | None, base: Path) -> str | None:
+def _resolve(value: str | None, base: Path, key: str, where: str) -> str | None:
     """A path from the file, made absolute against ``base``; a card name stays a name."""
     if value is None or value == "":
         return value
-    path = Path(value).expanduser()
-    if path.is_absolute() or not ("/" in value or value.endswith(".toml") or path.suffix):
-        return str(path) if path.is_absolute() else value
-    return str((base / path).resolve())
+    if "\x00" in value:
+        raise InvalidInputError(f"{key} {value!r}: a path cannot contain a NUL character", where)
+    try:
+        path = Path(value).expanduser()
+        if path.is_absolute() or not ("/" in value or value.endswith(".toml") or path.suffix):
+            return str(path) if path.is_absolute() else value
+        return str((base / path).resolve())
+    except (RuntimeError, OSError) as err:  # ~user unknown here, a symlink loop
+        raise InvalidInputError(f"{key} {value!r}: not a usable path ({err})", where) from err
 
 
 def _checked(pipeline: Pipeline, where: str) -> Pipeline:
@@ -400,10 +409,14 @@ def parse_pipeline(
     root = base or Path.cwd()
     model = stages["model"]
     stages["model"] = dataclasses.replace(
-        model, card=_resolve(model.card, root) or "", weights=_resolve(model.weights, root)
+        model,
+        card=_resolve(model.card, root, "[model] card", where) or "",
+        weights=_resolve(model.weights, root, "[model] weights", where),
     )
     agg = stages["aggregator"]
-    stages["aggregator"] = dataclasses.replace(agg, run=_resolve(agg.run, root))
+    stages["aggregator"] = dataclasses.replace(
+        agg, run=_resolve(agg.run, root, "[aggregator] run", where)
+    )
     pipeline = Pipeline(name=name, description=description, **stages)
     return _checked(pipeline, where)
 
@@ -419,6 +432,10 @@ def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> Pipeline:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise InvalidInputError(f"not valid TOML: {err}", file) from err
+    except RecursionError as err:  # tomllib recurses once per nested array or table
+        raise InvalidInputError(
+            "not a pipeline file: arrays or tables nested too deep", file
+        ) from err
     parsed = parse_pipeline(data, str(file), file.resolve().parent, overrides)
     return dataclasses.replace(parsed, path=file.resolve())
 

@@ -7,7 +7,8 @@ it (``mpp`` µm/px, ``size`` px); :func:`run_prepared` streams the patches throu
 :class:`~wsi_ai.engine.runner.InferenceModel` and writes ``OUT/<slide-stem>.zarr``
 (:mod:`wsi_ai.store.features` format) under a temporary name, renamed into place when
 complete. Its attributes record the card's name and hash, the weights (or
-``random_init``), the grid and every parameter.
+``random_init``), the grid, every parameter (files by name, never by path) and whether the
+run was deterministic (:func:`torch_determinism`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from wsi_ai import __version__
 from wsi_ai.engine.config import EngineConfig, SlideResult
@@ -35,6 +38,7 @@ __all__ = [
     "prepare_slide",
     "run_prepared",
     "store_attributes",
+    "torch_determinism",
 ]
 
 log = logging.getLogger(__name__)
@@ -50,9 +54,12 @@ def store_attributes(
 
     card = model.card
     provenance = model.backbone.provenance()
+    provenance["weights"] = _file_name(provenance["weights"])
     parameters = config.as_dict()
     parameters.update(model.settings())
     parameters["mpp"] = patches.spec.mpp
+    parameters["model"] = _file_name(parameters["model"])  # a card's path, or its name
+    parameters["weights"] = _file_name(parameters["weights"])
     return {
         "slide": slide.name,
         "slide_path": slide.name,
@@ -68,7 +75,41 @@ def store_attributes(
         "grid": patches.spec.as_dict(),
         "patches": len(patches),
         "wsi_ai_version": __version__,
+        **torch_determinism(model.device),
     }
+
+
+def _file_name(path: str | None) -> str | None:
+    """A path as its file name (the sha256 beside it says which file it was)."""
+    return None if path is None else Path(path).name
+
+
+def torch_determinism(device: torch.device) -> dict[str, Any]:
+    """Which nondeterminism the model's run allowed, for the store's attributes.
+
+    On a CPU the same inputs give the same bytes: ``{"deterministic": True}``. On a GPU
+    ``deterministic`` is true only with torch's deterministic algorithms on and cuDNN's
+    autotuner off (the engine turns ``cudnn.benchmark`` on for speed, so by default it is
+    false), and ``torch_determinism`` records the settings used: embeddings may then differ
+    in their last bits from run to run.
+    """
+    if device.type == "cpu":
+        return {"deterministic": True}
+    cudnn = torch.backends.cudnn
+    settings = {
+        "device": device.type,
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "cudnn_benchmark": bool(cudnn.benchmark),
+        "cudnn_deterministic": bool(cudnn.deterministic),
+        "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+        "tf32_cudnn": bool(cudnn.allow_tf32),
+    }
+    deterministic = (
+        settings["deterministic_algorithms"]
+        and settings["cudnn_deterministic"]
+        and not settings["cudnn_benchmark"]
+    )
+    return {"deterministic": bool(deterministic), "torch_determinism": settings}
 
 
 @dataclass(frozen=True)

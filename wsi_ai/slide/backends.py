@@ -11,6 +11,7 @@ tiffslide, :attr:`Backend.fallback_reason` keeps why OpenSlide refused the file.
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import warnings
@@ -196,6 +197,7 @@ def open_backend(path: Path, backend: str = "auto") -> Backend:
     else:
         raise ParameterError(f"unknown backend {backend!r}: use auto, openslide or tiffslide")
     reasons: list[tuple[BackendName, str]] = []  # (backend, why it refused the file)
+    chunks = _tiff_chunk_counts(path)
     for name in order:
         try:
             opened = Backend(path, name)
@@ -207,6 +209,7 @@ def open_backend(path: Path, backend: str = "auto") -> Backend:
             if len(dims) == 0 or min(min(d) for d in dims) <= 0:
                 # Caught just below and reported as UnsupportedSlideError with the file.
                 raise ValueError("no image levels in the file")
+            _check_chunks(dims, chunks)
             if reasons:  # an earlier backend refused the file
                 opened.fallback_reason = reasons[0][1]
             return opened
@@ -221,6 +224,35 @@ def open_backend(path: Path, backend: str = "auto") -> Backend:
         )
     why = "; ".join(f"{name}: {reason}" for name, reason in reasons)
     raise UnsupportedSlideError(f"cannot read this file as a slide ({why}); {hint}", path)
+
+
+def _tiff_chunk_counts(path: Path) -> dict[tuple[int, int], tuple[int, int]]:
+    """For a TIFF file, each page's (width, height) -> (tiles or strips its size needs, tile
+    offsets the file holds); ``{}`` for a file tifffile does not parse (DICOM, MRXS...)."""
+    import tifffile
+
+    found: dict[tuple[int, int], tuple[int, int]] = {}
+    try:
+        with tifffile.TiffFile(path) as tif:
+            for page in itertools.islice(tif.pages, 64):  # pyramids come first
+                if isinstance(page, tifffile.TiffPage) and len(page.shape) >= 2:
+                    size = (int(page.imagewidth), int(page.imagelength))
+                    found[size] = (math.prod(page.chunked), len(page.dataoffsets))
+    except Exception:  # not a TIFF tifffile reads: the backends decide alone
+        return {}
+    return found
+
+
+def _check_chunks(dims: Any, chunks: dict[tuple[int, int], tuple[int, int]]) -> None:
+    """Refuse a level whose TIFF page holds fewer tiles than its size needs: a damaged size
+    or offsets tag. (Else a header claiming 65535 x 65535 px reads 4 gigapixels of blank.)"""
+    for index, (w, h) in enumerate(dims):
+        needed, held = chunks.get((int(w), int(h)), (0, 0))
+        if held < needed:
+            raise ValueError(
+                f"level {index} is {w} x {h} px in {needed} tiles but the file holds "
+                f"{held}: a damaged size or tile offsets tag"
+            )
 
 
 def _short(err: Exception) -> str:

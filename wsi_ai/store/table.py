@@ -151,8 +151,9 @@ def read_table(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     except InvalidInputError:
         raise
     except Exception as err:
+        why = " ".join(str(err).split())  # one line (pandas' parser errors end in one)
         raise InvalidInputError(
-            f"cannot read the table ({type(err).__name__}: {err}); is it a wsi-ai patch table?",
+            f"cannot read the table ({type(err).__name__}: {why}); is it a wsi-ai patch table?",
             src,
         ) from err
     validate_patch_table(table, src)
@@ -194,6 +195,8 @@ def validate_patch_table(table: pd.DataFrame, path: Path) -> None:
             "x, y, width, height in level-0 pixels (as `wsi-ai tiles` writes)",
             path,
         )
+    if table.empty:  # no patches: no value to refuse (a CSV's empty columns are untyped)
+        return
     for name in REQUIRED:
         column = table[name]
         if pd.api.types.is_bool_dtype(column) or not pd.api.types.is_numeric_dtype(column):
