@@ -29,7 +29,7 @@ from wsi_ai.cli.common import (
     slide_mpp_option,
 )
 from wsi_ai.errors import InvalidInputError
-from wsi_ai.outputs import prepare_outputs
+from wsi_ai.outputs import output_unit, prepare_outputs
 
 if TYPE_CHECKING:
     from wsi_ai.export.ome_zarr import NgffVersion
@@ -203,6 +203,9 @@ def tissue(
 ) -> None:
     """Find the tissue and export it as QuPath annotations (class "Tissue").
 
+    The GeoJSON and the --mask PNG are one output: both are checked before the slide is
+    read, and the GeoJSON appears last, so a GeoJSON means its mask beside it is its own.
+
     \b
     Example:
       wsi-ai tissue CMU-1-Small-Region.svs -o tissue.geojson --mask tissue.png
@@ -225,14 +228,15 @@ def tissue(
                 )
             found = detect_tissue(s, target_mpp=target_mpp)
             params = {"target_mpp": target_mpp, "level": found.level, "modality": found.modality}
-            report = write_geojson(
-                out,
-                found.to_annotations(mpp=None if s.mpp is None else s.mpp.mean),
-                provenance=_provenance(path, params),
-                overwrite=overwrite,
-            )
-            if mask_png is not None:
-                save_png(found.mask.astype("uint8") * 255, mask_png, overwrite=overwrite)
+            with output_unit([mask_png, out], overwrite):  # the GeoJSON renamed last
+                report = write_geojson(
+                    out,
+                    found.to_annotations(mpp=None if s.mpp is None else s.mpp.mean),
+                    provenance=_provenance(path, params),
+                    overwrite=overwrite,
+                )
+                if mask_png is not None:
+                    save_png(found.mask.astype("uint8") * 255, mask_png, overwrite=overwrite)
         summary = {
             "slide": str(path),
             "out": str(out),

@@ -26,7 +26,7 @@ from wsi_ai.cli.common import (
     slide_mpp_option,
 )
 from wsi_ai.errors import InvalidInputError
-from wsi_ai.outputs import atomic_output, check_output
+from wsi_ai.outputs import atomic_output, check_output, prepare_outputs
 
 if TYPE_CHECKING:
     from wsi_ai.export.maps import MapOptions
@@ -439,7 +439,7 @@ def convert_annotations(
         lowered = out.name.lower()
         if not lowered.endswith((*GEOJSON_SUFFIXES, ".xml")):
             raise InvalidInputError("name the output *.geojson, *.geojson.gz or *.xml", out)
-        check_output(out, overwrite)
+        prepare_outputs([out], overwrite)  # before anything is read
         items, report = _read_annotations(path)
         summary: dict[str, Any] = {"in": str(path), "out": str(out), "read": len(items)}
         summary.update(repaired=report.repaired, dropped=report.dropped, skipped=report.skipped)

@@ -231,7 +231,9 @@ def predict(
 
     Writes OUT/<slide>.json (class, probability, calibrated confidence, model sha256) and
     OUT/<slide>.patch_scores.csv (level-0 x, y, width, height, a probability column per
-    class and attention): the patch table the stitcher turns into heatmaps.
+    class and attention): the patch table the stitcher turns into heatmaps. The two are one
+    output: both are checked before the slide is predicted, and the JSON appears last, so a
+    <slide>.json means a finished slide; a rerun clears what a stopped one left.
 
     \b
     Example:

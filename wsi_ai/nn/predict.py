@@ -9,7 +9,20 @@ For each ``<slide>.zarr`` it writes
   slide logits), the ``confidence`` (the same probability after temperature scaling),
   both probability vectors, the temperature and the model's sha256.
 
-The CSV is written first and the JSON last, each atomically, so a JSON means a finished slide.
+The two are one unit (:func:`wsi_ai.outputs.atomic_outputs`), the JSON its marker: a reader
+treats ``<slide>.json`` as "finished" and the CSV beside it as its own (:func:`read_prediction`).
+Both are written complete under temporary names, then renamed, the CSV first. What a reader
+finds at every instant of a run, killed at any point:
+
+- before the first rename: the old pair (``--overwrite``) or nothing;
+- an old JSON is moved aside (``.<slide>.json.old-<8 hex>``): no JSON, so no prediction; the
+  old CSV, then the new one, may be there: a left-over, not a result (the stitcher reads a
+  patch_scores.csv alone; it is always a whole table);
+- the JSON renamed into place: the new pair, finished.
+
+The next run for the slide removes what a killed one left (the journal
+``.<slide>.json.unit-<8 hex>`` names its CSV), with no ``--overwrite`` needed for a unit whose
+JSON never arrived.
 """
 
 from __future__ import annotations
@@ -32,7 +45,7 @@ from wsi_ai.nn.forward import resolve_device, run_bag
 from wsi_ai.nn.mil import MILOutput
 from wsi_ai.nn.probabilities import calibrated, softmax
 from wsi_ai.nn.weights import NonFiniteOutputError, file_sha256
-from wsi_ai.outputs import atomic_output, check_output
+from wsi_ai.outputs import atomic_outputs, prepare_outputs
 from wsi_ai.store.bags import SlideBag, load_bag
 
 RANDOM_WARNING = (
@@ -141,20 +154,46 @@ def predict_bag(run: TrainedAggregator, bag: SlideBag) -> tuple[dict[str, Any], 
     return record, table
 
 
+def prediction_paths(out_dir: Path, name: str) -> tuple[Path, Path]:
+    """``(patch_scores.csv, json)`` of slide ``name`` in ``out_dir``: the unit's order."""
+    return out_dir / f"{name}.patch_scores.csv", out_dir / f"{name}.json"
+
+
 def predict_store(
     run: TrainedAggregator, store: Path, out_dir: Path, overwrite: bool = False
 ) -> dict[str, Any]:
-    """Predict one features store and write its two outputs into ``out_dir``."""
+    """Predict one features store and write its two outputs into ``out_dir``, as one unit
+    (the module's docstring); both are checked before the store is read."""
     name = store.name.removesuffix(".zarr")
-    json_path = out_dir / f"{name}.json"
-    csv_path = out_dir / f"{name}.patch_scores.csv"
-    check_output(json_path, overwrite)
-    check_output(csv_path, overwrite)
+    csv_path, json_path = prediction_paths(out_dir, name)
+    prepare_outputs([csv_path, json_path], overwrite)
     bag, ident = load_bag(store)
     check_compatible(run, bag, ident, store)
     record, table = predict_bag(run, bag)
-    with atomic_output(csv_path, overwrite) as tmp:
-        table.to_csv(tmp, index=False)
-    with atomic_output(json_path, overwrite) as tmp:
-        tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    with atomic_outputs([csv_path, json_path], overwrite) as (csv_tmp, json_tmp):
+        table.to_csv(csv_tmp, index=False)
+        json_tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return record
+
+
+def read_prediction(out_dir: Path, name: str) -> tuple[dict[str, Any], pd.DataFrame] | None:
+    """Slide ``name``'s finished prediction in ``out_dir``: its record and patch scores; None
+    when it has no ``<slide>.json`` (never predicted, or a run stopped before the end, even
+    with a ``patch_scores.csv`` there)."""
+    csv_path, json_path = prediction_paths(Path(out_dir), name)
+    try:
+        text = json_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError as err:
+        raise InvalidInputError(f"not a prediction record ({err})", json_path) from err
+    if not isinstance(record, dict):
+        raise InvalidInputError("not a prediction record (not a JSON object)", json_path)
+    if not csv_path.is_file():
+        raise InvalidInputError(
+            f"a prediction without its {csv_path.name} (removed?): predict the slide again",
+            json_path,
+        )
+    return record, pd.read_csv(csv_path)
