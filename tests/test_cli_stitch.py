@@ -11,32 +11,18 @@ import pandas as pd
 import pytest
 import shapely
 import zarr
-from click.testing import CliRunner
 from ome_zarr_models import v04, v05
 from PIL import Image
 from shapely.geometry import Polygon, box
 
+from tests.cli_helpers import one_error_line, run
 from wsi_ai.annotations import Annotation, read_asap_xml, read_qupath_geojson
-from wsi_ai.cli import main
 from wsi_ai.export.geojson import write_geojson
 from wsi_ai.slide import open_slide
 from wsi_ai.slide.identity import IDENTITY_KEY, slide_identity
 from wsi_ai.store import write_features, write_table
 
 CMU_MPP = 0.499
-
-
-def run(*args: object) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
-
-
-def one_error_line(stderr: str) -> str:
-    lines = [ln for ln in stderr.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in stderr, stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

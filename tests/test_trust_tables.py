@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 
-from wsi_ai.cli import main
+from tests.cli_helpers import one_error_line, run
 from wsi_ai.errors import InvalidInputError, OutputExistsError
 from wsi_ai.slide.identity import IDENTITY_KEY, fingerprint, slide_identity
 from wsi_ai.store import read_table, write_features, write_table
@@ -25,19 +24,6 @@ from wsi_ai.store.table import TABLE_HASH, csv_sidecar
 
 CMU_SIZE = (2220, 2967)
 FAST = ("--mpp", "2", "--size", "112", "--no-tissue")  # 40 patches of 449 level-0 px
-
-
-def run(*args: object) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
-
-
-def one_error_line(stderr: str) -> str:
-    lines = [ln for ln in stderr.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in stderr, stderr
-    return lines[0]
 
 
 def warnings_of(stderr: str) -> list[str]:

@@ -27,7 +27,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from wsi_ai.errors import failure_message
+from wsi_ai.errors import WsiAiError, failure_message
 from wsi_ai.slide import Slide, open_slide
 
 T = TypeVar("T")
@@ -229,22 +229,44 @@ def echo_json(data: Any) -> None:
 
 
 @contextmanager
-def progress_bar(description: str, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
-    """A rich progress bar on stderr; yields ``update(done, total)``."""
+def progress_bars(*names: str, enabled: bool = True) -> Iterator[Callable[[str, int, int], None]]:
+    """Rich progress bars on stderr, one per name (a terminal only); yields
+    ``update(name, done, total)``."""
     if not enabled or not sys.stderr.isatty():
-        yield lambda done, total: None
+        yield lambda name, done, total: None
         return
+    width = max(len(n) for n in names)
     columns = (
-        TextColumn("[bold]{task.description}"),
+        TextColumn(f"[bold]{{task.description:>{width}}}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
     with Progress(*columns, transient=True) as bar:
-        task = bar.add_task(description, total=None)
+        tasks = {name: bar.add_task(name, total=None) for name in names}
 
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+        def update(name: str, done: int, total: int) -> None:
+            bar.update(tasks[name], completed=done, total=total)
 
         yield update
+
+
+@contextmanager
+def progress_bar(description: str, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar on stderr; yields ``update(done, total)``."""
+    with progress_bars(description, enabled=enabled) as update:
+        yield lambda done, total: update(description, done, total)
+
+
+@contextmanager
+def whole_run_errors() -> Iterator[None]:
+    """A failure of the whole run (not of one input): one line and exit 1 (``--debug``:
+    the traceback)."""
+    try:
+        yield
+    except WsiAiError as err:
+        if click.get_current_context().find_root().params.get("debug"):
+            raise
+        error_line(str(err))
+        raise SystemExit(1) from err

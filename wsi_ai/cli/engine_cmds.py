@@ -25,6 +25,7 @@ from wsi_ai.cli.common import (
     progress_bar,
     slide_mpp_option,
     tissue_filter_options,
+    whole_run_errors,
 )
 from wsi_ai.errors import WsiAiError
 
@@ -200,22 +201,16 @@ def _run(slides: tuple[Path, ...], out: Path, outputs: tuple[str, ...], **opts: 
         slide_mpp=opts["slide_mpp"],
     )
     debug = bool(click.get_current_context().find_root().params.get("debug"))
-    try:
-        with progress_bar("slides", enabled=not as_json) as update:
-            results = run_slides(
-                list(slides),
-                out,
-                config,
-                scheduler=scheduler,
-                overwrite=overwrite,
-                progress=update,
-                raise_errors=debug,
-            )
-    except WsiAiError as err:
-        if debug:
-            raise
-        error_line(str(err))
-        raise SystemExit(1) from err
+    with whole_run_errors(), progress_bar("slides", enabled=not as_json) as update:
+        results = run_slides(
+            list(slides),
+            out,
+            config,
+            scheduler=scheduler,
+            overwrite=overwrite,
+            progress=update,
+            raise_errors=debug,
+        )
     weights = _weights_label(config)
     for result in results:
         if result.error is not None:

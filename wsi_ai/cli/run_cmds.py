@@ -5,49 +5,20 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 
-from wsi_ai.cli.common import INPUT_PATH, POSITIVE, echo_json, error_line, json_option
-from wsi_ai.errors import WsiAiError
-
-Update = Callable[[str, int, int], None]
-
-
-@contextmanager
-def _bars(enabled: bool) -> Iterator[Update]:
-    """A slides bar and a patches bar on stderr (a terminal only)."""
-    if not enabled or not sys.stderr.isatty():
-        yield lambda what, done, total: None
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (
-        TextColumn("[bold]{task.description:>7}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, transient=True) as bar:
-        tasks = {name: bar.add_task(name, total=None) for name in ("slides", "patches")}
-
-        def update(what: str, done: int, total: int) -> None:
-            bar.update(tasks[what], completed=done, total=total)
-
-        yield update
+from wsi_ai.cli.common import (
+    INPUT_PATH,
+    POSITIVE,
+    echo_json,
+    error_line,
+    json_option,
+    progress_bars,
+    whole_run_errors,
+)
 
 
 def _overrides(opts: dict[str, Any]) -> list[str]:
@@ -184,14 +155,14 @@ def run(
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--scheduler") from err
     debug = bool(click.get_current_context().find_root().params.get("debug"))
-    try:
+    with whole_run_errors():
         pipeline = load_pipeline(pipeline_file, [*settings, *_overrides(named)])
         items = collect_inputs(inputs)
         if slide_mpp is not None:
             items = [
                 SlideInput(i.path, i.label, i.slide_mpp or slide_mpp, i.metadata) for i in items
             ]
-        with _bars(not as_json) as update:
+        with progress_bars("slides", "patches", enabled=not as_json) as update:
             result = run_batch(
                 items,
                 pipeline,
@@ -203,11 +174,6 @@ def run(
                 report=functools.partial(_report, out=out, as_json=as_json),
                 raise_errors=debug,
             )
-    except WsiAiError as err:
-        if debug:
-            raise
-        error_line(str(err))
-        raise SystemExit(1) from err
     counts = result.run["counts"]
     if as_json:
         rows = [
