@@ -308,3 +308,17 @@ def test_ctrl_c_exits_130_with_one_line(
     )
     assert code == 130
     assert stderr.strip().splitlines() == ["interrupted: outputs in progress were not kept"]
+
+
+def test_slide_mpp_only_fills_in_for_files_without_one(
+    cmu_small: Path, skin_striped: Path, tmp_path: Path
+) -> None:
+    """--slide-mpp for the slide that lacks an MPP must not overrule another file's own."""
+    out = tmp_path / "out"
+    args = (cmu_small, skin_striped, "-p", PIPELINES / "tissue-qc.toml", "-o", out)
+    code, _, stderr = wsi("run", *args, "--slide-mpp", "0.25")
+    assert code == 0, stderr
+    cmu = json.loads((out / "slides" / cmu_small.name / "slide.json").read_text())["slide"]
+    skin = json.loads((out / "slides" / skin_striped.name / "slide.json").read_text())["slide"]
+    assert (round(cmu["mpp"], 3), cmu["mpp_source"]) == (0.499, "file")
+    assert (skin["mpp"], skin["mpp_source"]) == (0.25, "--slide-mpp")

@@ -146,13 +146,14 @@ def process_slide(
             pipeline,
             tmp,
             slide_mpp=item.slide_mpp,
+            default_mpp=item.default_mpp,
             models=WORKER_MODELS,
             progress=progress,
         )
         record.update(identity=identity, pipeline=pipeline.name, wsi_ai_version=__version__)
         record["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
         if pipeline.export.report:
-            with open_slide(item.path, mpp_override=item.slide_mpp) as slide:
+            with open_slide(item.path) as slide:  # the report reads pixels, not the MPP
                 write_slide_report(tmp, record, slide)
         (tmp / MARKER).write_text("written by wsi-ai\n")
         (tmp / SLIDE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
@@ -233,6 +234,7 @@ def _identity(item: SlideInput, pipeline: Pipeline, models: dict[str, Any]) -> d
         "pipeline": pipeline.config_hash(),
         "models": models,
         "slide_mpp": item.slide_mpp,
+        "default_mpp": item.default_mpp,
     }
 
 

@@ -45,7 +45,8 @@ class SlideInput:
 
     path: Path
     label: str | None = None
-    slide_mpp: float | None = None
+    slide_mpp: float | None = None  # the manifest's: wins over the file's own MPP
+    default_mpp: float | None = None  # --slide-mpp: used only when the file has no MPP
     metadata: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
 
     @property
@@ -97,7 +98,7 @@ def _manifest(path: Path) -> list[SlideInput]:
             raise InvalidInputError(f"line {number}: path {row['path']!r}: {err}", path) from err
         slide = slide if slide.is_absolute() else path.parent / slide
         extra = {k: v for k, v in row.items() if k and k not in _RESERVED}
-        out.append(SlideInput(slide.absolute(), row.get("label") or None, mpp, extra))
+        out.append(SlideInput(slide.absolute(), row.get("label") or None, mpp, metadata=extra))
     return out
 
 

@@ -146,22 +146,26 @@ def run_slide(
     out_dir: Path,
     *,
     slide_mpp: float | None = None,
+    default_mpp: float | None = None,
     models: Models | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Run ``pipeline`` on the slide at ``path``, writing into ``out_dir``; return its record."""
+    """Run ``pipeline`` on the slide at ``path``, writing into ``out_dir``; return its record.
+
+    ``slide_mpp`` wins over the file's own MPP; ``default_mpp`` is used only when it has none."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    source = "manifest" if slide_mpp is not None else "file"
+    if slide_mpp is None and default_mpp is not None:
+        with open_slide(path) as probe:
+            slide_mpp, source = (
+                (default_mpp, "--slide-mpp") if probe.mpp is None else (None, source)
+            )
     with open_slide(path, mpp_override=slide_mpp) as slide:
         job = _Job(slide, pipeline, out_dir, slide_mpp, models, progress)
         mpp, (width, height) = slide.require_mpp(), slide.dimensions
-        job.record["slide"] = {
-            "name": path.name,
-            "path": str(Path(path).absolute()),  # run record only; reports show the name
-            "dimensions": [width, height],
-            "mpp": mpp,
-            "vendor": slide.vendor,
-            "backend": slide.backend,
-        }
+        job.record["slide"] = {"name": path.name, "path": str(Path(path).absolute()),  # run
+                               "dimensions": [width, height], "mpp": mpp, "mpp_source": source,
+                               "vendor": slide.vendor, "backend": slide.backend}  # fmt: skip
         found = None
         if pipeline.tissue.enabled:
             with job.stage("tissue"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +109,10 @@ def _report(outcome: Any, out: Path, as_json: bool) -> None:
     help="threads (default: this process), processes:N, or a Dask cluster tcp://HOST:PORT.",
 )
 @click.option(
-    "--slide-mpp", type=POSITIVE, default=None, help="Level-0 µm/px for slides lacking it."
+    "--slide-mpp",
+    type=POSITIVE,
+    default=None,
+    help="Level-0 µm/px for slides whose file has none (never over the file's own).",
 )
 @click.option("--force", is_flag=True, help="Recompute slides that are already complete.")
 @click.option(
@@ -147,7 +151,7 @@ def run(
     """
     from wsi_ai.batch import run_batch
     from wsi_ai.engine.cluster import parse_scheduler
-    from wsi_ai.inputs import SlideInput, collect_inputs
+    from wsi_ai.inputs import collect_inputs
     from wsi_ai.pipeline_config import load_pipeline
 
     try:
@@ -158,10 +162,8 @@ def run(
     with whole_run_errors():
         pipeline = load_pipeline(pipeline_file, [*settings, *_overrides(named)])
         items = collect_inputs(inputs)
-        if slide_mpp is not None:
-            items = [
-                SlideInput(i.path, i.label, i.slide_mpp or slide_mpp, i.metadata) for i in items
-            ]
+        if slide_mpp is not None:  # a fallback: never over a file's own MPP
+            items = [replace(i, default_mpp=slide_mpp) for i in items]
         with progress_bars("slides", "patches", enabled=not as_json) as update:
             result = run_batch(
                 items,
