@@ -101,6 +101,7 @@ class ModelStage:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     batch_size: int | None = None
     read_threads: int = 2
+    decode: Literal["auto", "cpu", "gpu"] = "auto"
 
     def __post_init__(self) -> None:
         _check_ranges(self, batch_size=(1, None), read_threads=(1, 64))
@@ -183,6 +184,7 @@ SPEED_ONLY = (
     ("model", "device"),
     ("model", "batch_size"),
     ("model", "read_threads"),
+    ("model", "decode"),
     ("aggregator", "device"),
 )
 
@@ -227,6 +229,7 @@ class Pipeline:
             precision=m.precision,
             read_threads=m.read_threads,
             slide_mpp=slide_mpp,
+            decode=m.decode,
         )
 
     def settings(self) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from wsi_ai.cli.common import (
 from wsi_ai.errors import WsiAiError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DECODES = ("auto", "cpu", "gpu")  # as wsi_ai.engine.config
 
 
 def _device(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -144,6 +145,14 @@ def _engine_options(func: F) -> F:
             help="Threads decoding patches ahead of the model.",
         ),
         click.option(
+            "--decode",
+            type=click.Choice(DECODES),
+            default="auto",
+            show_default=True,
+            help="Where JPEG tiles are decoded: gpu (nvJPEG, beside a CUDA model), cpu, or "
+            "auto (the GPU where it applies). Each tile is decoded once.",
+        ),
+        click.option(
             "--scheduler",
             default=None,
             callback=_scheduler,
@@ -199,6 +208,7 @@ def _run(slides: tuple[Path, ...], out: Path, outputs: tuple[str, ...], **opts: 
         compile=opts["compile"],
         read_threads=opts["read_threads"],
         slide_mpp=opts["slide_mpp"],
+        decode=opts["decode"],
     )
     debug = bool(click.get_current_context().find_root().params.get("debug"))
     with whole_run_errors(), progress_bar("slides", enabled=not as_json) as update:

@@ -9,11 +9,20 @@ from typing import Any
 
 from wsi_ai.errors import ParameterError
 
-__all__ = ["DEVICES", "OUTPUTS", "PRECISIONS", "EngineConfig", "ModelConfig", "SlideResult"]
+__all__ = [
+    "DECODES",
+    "DEVICES",
+    "OUTPUTS",
+    "PRECISIONS",
+    "EngineConfig",
+    "ModelConfig",
+    "SlideResult",
+]
 
 OUTPUTS = ("embeddings", "scores")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
+DECODES = ("auto", "cpu", "gpu")  # where JPEG tiles are decoded (engine/batching.py)
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
@@ -74,7 +83,9 @@ class EngineConfig:
     largest power of two that fits half the free GPU memory (at most 512), or 32 on a CPU.
     ``precision="auto"`` is bf16 where the device supports it (else fp16 on a GPU, fp32 on a
     CPU), run under autocast. ``sha256`` (64 hex digits, kept lower-case) is checked against
-    the weights file, which is refused on a mismatch; it wins over the card's.
+    the weights file, which is refused on a mismatch; it wins over the card's. ``decode``
+    says where tiles are decoded: ``gpu`` (nvJPEG, JPEG-tiled levels, CUDA models), ``cpu``,
+    or ``auto`` (the GPU where it applies); see :mod:`wsi_ai.engine.batching`.
     """
 
     model: str | Path  # card name or path
@@ -92,6 +103,7 @@ class EngineConfig:
     compile: bool = False
     read_threads: int = 2
     slide_mpp: float | None = None
+    decode: str = "auto"
 
     def __post_init__(self) -> None:
         # frozen: the sha256 normalised by the model config is set once here
@@ -100,6 +112,8 @@ class EngineConfig:
             raise ParameterError(f"min_tissue must be in [0, 1], got {self.min_tissue}")
         if self.read_threads < 1:
             raise ParameterError("read_threads must be at least 1")
+        if self.decode not in DECODES:
+            raise ParameterError(f"decode must be one of {', '.join(DECODES)}, got {self.decode!r}")
 
     @property
     def model_config(self) -> ModelConfig:

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 
 from wsi_ai import __version__
+from wsi_ai.engine.batching import open_batches
 from wsi_ai.engine.config import EngineConfig, SlideResult
-from wsi_ai.engine.loader import PatchBatches
 from wsi_ai.engine.runner import InferenceModel, load_model, run_batches
 from wsi_ai.engine.writer import FeaturesWriter
 from wsi_ai.errors import failure_message
@@ -45,11 +45,16 @@ log = logging.getLogger(__name__)
 
 
 def store_attributes(
-    slide: Path, config: EngineConfig, model: InferenceModel, patches: PatchGrid
+    slide: Path,
+    config: EngineConfig,
+    model: InferenceModel,
+    patches: PatchGrid,
+    reader: str | None = None,
 ) -> dict[str, Any]:
     """What a features store records about how it was made (JSON-ready): the slide by file
     name and identity (:func:`~wsi_ai.slide.identity.slide_identity`), never by its absolute
-    path (a store is copied between machines; data files hold no machine's paths)."""
+    path (a store is copied between machines; data files hold no machine's paths).
+    ``reader`` is the patch reader :func:`~wsi_ai.engine.batching.open_batches` chose."""
     from wsi_ai.slide.identity import IDENTITY_KEY, slide_identity
 
     card = model.card
@@ -60,6 +65,8 @@ def store_attributes(
     parameters["mpp"] = patches.spec.mpp
     parameters["model"] = _file_name(parameters["model"])  # a card's path, or its name
     parameters["weights"] = _file_name(parameters["weights"])
+    if reader is not None:
+        parameters["reader"] = reader
     return {
         "slide": slide.name,
         "slide_path": slide.name,
@@ -154,20 +161,21 @@ def run_prepared(
 
     card, patches = model.card, prepared.patches
     with open_slide(prepared.slide, mpp_override=config.slide_mpp) as slide:
-        batches = PatchBatches(
+        batches, reader = open_batches(
             slide,
             patches.spec,
             patches.table,
             model.batch_size,
+            device=model.device,
+            decode=config.decode,
             threads=config.read_threads,
-            pin_memory=model.device.type == "cuda",
         )
         with FeaturesWriter(
             out,
             patches.table,
             embed_dim=card.embed_dim if model.embeddings else None,
             classes=card.classes if model.scores else None,
-            attrs=store_attributes(prepared.slide, config, model, patches),
+            attrs=store_attributes(prepared.slide, config, model, patches, reader),
             overwrite=overwrite,
         ) as writer:
             run_batches(

@@ -9,7 +9,7 @@ fp16 on GPUs without bf16; fp32 on CPUs without bf16 support), optionally throug
 to the embedding.
 
 :func:`run_batches` is the loop: while the model works on batch *i*, the read threads
-fill the next batches (:class:`~wsi_ai.engine.loader.PatchBatches`), the copy of batch
+fill the next batches (:func:`~wsi_ai.engine.batching.open_batches`), the copy of batch
 *i + 1* to the GPU is non-blocking from pinned memory, and the results of batch *i - 1*
 are copied back and written while batch *i* computes. Every batch's outputs are checked
 for NaN and infinity on the device (one flag per batch, read with the results, so the check
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,6 @@ import numpy as np
 import torch
 
 from wsi_ai.engine.config import EngineConfig, ModelConfig
-from wsi_ai.engine.loader import PatchBatches
 from wsi_ai.errors import ModelError
 from wsi_ai.nn.backbone import Backbone, build_backbone
 from wsi_ai.nn.cards import ModelCard, find_card
@@ -317,7 +316,7 @@ def _non_finite(model: InferenceModel, slide: Path | None) -> NonFiniteOutputErr
 
 def run_batches(
     model: InferenceModel,
-    batches: PatchBatches,
+    batches: Iterable[Any],
     write: Writer,
     progress: Callable[[int, int], None] | None = None,
     total: int | None = None,
@@ -326,6 +325,8 @@ def run_batches(
 ) -> int:
     """Run every batch through ``model`` and hand the results to ``write`` in order.
 
+    ``batches`` yield :class:`~wsi_ai.engine.loader.Batch`-like objects (``start``,
+    ``pixels``, ``padded``, ``release``) in host memory or already on the model's device.
     ``write(start, embeddings=..., scores=...)`` gets numpy arrays (float16, float32 or
     None). Returns the number of patches done. On a GPU, results are copied back into
     pinned memory without blocking and written one batch later, while the next computes.
@@ -344,7 +345,7 @@ _Item = tuple[int, list[torch.Tensor | None], Any, torch.Tensor | None]
 
 def _loop(
     model: InferenceModel,
-    batches: PatchBatches,
+    batches: Iterable[Any],
     write: Writer,
     progress: Callable[[int, int], None] | None,
     total: int | None,
@@ -369,7 +370,7 @@ def _loop(
     for batch in batches:
         count = len(batch)
         pixels = batch.padded if model.compiled else batch.pixels  # one shape when compiled
-        if copy_stream is not None:
+        if copy_stream is not None and pixels.device != model.device:
             with torch.cuda.stream(copy_stream):
                 pixels = pixels.to(model.device, non_blocking=True)
                 copied = torch.cuda.Event()

@@ -42,6 +42,10 @@ def _safe_codec(page: Any) -> bool:
     return (int(page.compression), int(page.photometric)) in _SAFE
 
 
+# APP14 "Adobe", version 100, no flags, transform 0: the three components are R, G, B.
+ADOBE_NO_TRANSFORM = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"
+
+
 class _Level:
     __slots__ = ("grid", "page", "tile")
 
@@ -109,21 +113,42 @@ class NativeTiles:
         entry = self._levels.get(level)
         return None if entry is None else entry.tile
 
-    def decode(self, level: int, row: int, col: int) -> NDArray[np.uint8]:
-        """The tile at (row, col) of ``level`` as RGB uint8 (tile height, tile width, 3)."""
+    def is_jpeg(self, level: int) -> bool:
+        """Whether the level's tiles are baseline JPEG streams (GPU-decodable)."""
+        entry = self._levels.get(level)
+        return entry is not None and int(entry.page.compression) == 7
+
+    def grid(self, level: int) -> tuple[int, int]:
+        """(rows, columns) of the level's tile grid."""
+        return self._levels[level].grid
+
+    def raw(self, level: int, row: int, col: int) -> bytes:
+        """The tile's bytes as stored in the file (``b""`` for a sparse tile)."""
         entry = self._levels[level]
         rows, cols = entry.grid
         if not (0 <= row < rows and 0 <= col < cols):
             raise IndexError(f"tile ({row}, {col}) outside the {rows} x {cols} grid")
-        page = entry.page
         index = row * cols + col
-        offset, count = int(page.dataoffsets[index]), int(page.databytecounts[index])
-        th, tw = entry.tile
+        offset, count = int(entry.page.dataoffsets[index]), int(entry.page.databytecounts[index])
         if count == 0:  # a sparse tile: nothing was scanned there
-            return np.full((th, tw, 3), 255, dtype=np.uint8)
+            return b""
         data = os.pread(self._fd, count, offset)
         if len(data) != count:
             raise OSError(f"tile {index} of level {level} is cut short: the file is truncated")
+        return data
+
+    def decode(self, level: int, row: int, col: int) -> NDArray[np.uint8]:
+        """The tile at (row, col) of ``level`` as RGB uint8 (tile height, tile width, 3)."""
+        return self.decode_raw(level, row, col, self.raw(level, row, col))
+
+    def decode_raw(self, level: int, row: int, col: int, data: bytes) -> NDArray[np.uint8]:
+        """Decode bytes read by :meth:`raw` (white for a sparse tile)."""
+        entry = self._levels[level]
+        page = entry.page
+        th, tw = entry.tile
+        if not data:
+            return np.full((th, tw, 3), 255, dtype=np.uint8)
+        index = row * entry.grid[1] + col
         decoded, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
         tile = np.asarray(decoded).reshape(th, tw, -1)
         if tile.shape[2] == 4:  # RGBA: composite on white like OpenSlide
@@ -131,6 +156,25 @@ class NativeTiles:
 
             return to_rgb(tile)
         return tile[:, :, :3]
+
+    def jpeg_stream(self, level: int, data: bytes) -> bytes:
+        """A self-contained JPEG file of a tile's stored bytes (any decoder reads it).
+
+        TIFF keeps the quantisation and Huffman tables shared by all tiles in the
+        JPEGTables tag; they are put back in front of the tile's frame. A tile stored as
+        RGB (Photometric 2) whose JPEG says nothing about its colours would be taken for
+        YCbCr by a plain decoder (Aperio's name their components 0, 1, 2), so they get an
+        Adobe marker saying "no transform": OpenSlide and libtiff decode them as RGB too.
+        """
+        page = self._levels[level].page
+        if not data.startswith(b"\xff\xd8"):
+            raise ValueError("not a JPEG stream")
+        tables = page.jpegtables
+        head = bytes(tables[:-2]) if tables and bytes(tables[:2]) == b"\xff\xd8" else b"\xff\xd8"
+        body = data[2:]
+        if int(page.photometric) == 2:
+            head = head + ADOBE_NO_TRANSFORM
+        return head + body
 
     def close(self) -> None:
         with self._lock:

@@ -115,6 +115,15 @@ class LazySlideStore(Store):
     def __hash__(self) -> int:
         return id(self.slide)
 
+    @property
+    def native(self) -> NativeTiles | None:
+        """The file's own tile decoder, when it reads this slide's levels."""
+        return self._native
+
+    def chunk_shape(self, level: int) -> tuple[int, int]:
+        """(height, width) of the level's chunks."""
+        return self._chunks[level]
+
     def _chunk_shape(self, level: int) -> tuple[int, int]:
         native = None if self._native is None else self._native.tile_shape(level)
         return native if native is not None else level_chunk_shape(self.slide, level)
