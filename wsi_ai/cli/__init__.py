@@ -6,6 +6,7 @@ import click
 
 from wsi_ai import __version__
 from wsi_ai.cli.anonymize_cmd import anonymize
+from wsi_ai.cli.bench_cmd import bench
 from wsi_ai.cli.common import setup_logging
 from wsi_ai.cli.engine_cmds import embed, score
 from wsi_ai.cli.model_cmds import models
@@ -67,6 +68,7 @@ for command in (
     score,
     train,
     predict,
+    bench,
 ):
     main.add_command(command)
 
