@@ -5,7 +5,8 @@ tiles (SVS, generic tiled TIFF). Per batch of the table, following its
 :class:`~wsi_ai.engine.tile_plan.TilePlan`:
 
 1. the stored bytes of the tiles the batch is first to need are read (``pread`` in a few
-   threads) and made standalone JPEG files (:meth:`~.tile_reader.TileSource.jpeg_file`);
+   threads, one batch ahead) and made standalone JPEG files
+   (:meth:`~.tile_reader.TileSource.jpeg_file`);
 2. they are decoded in one batched call, ``torchvision.io.decode_jpeg(list, device=...)``
    (nvJPEG on CUDA; libjpeg-turbo on the CPU, which is how the tests run this code);
 3. each patch is cut from a mosaic of the tiles around it with one gather, pixels outside
@@ -156,34 +157,48 @@ class DeviceBatches:
         return len(self.plan.batches)
 
     # -- one batch -------------------------------------------------------------------
+    def _jpeg(self, tile: int) -> tuple[int, torch.Tensor | None, int]:
+        """(tile, its standalone JPEG file as a CPU tensor or None if sparse, stored bytes)."""
+        raw = self.source.raw(tile)
+        if not raw:
+            return tile, None, 0
+        jpeg = bytearray(self.source.jpeg_file(raw))
+        return tile, torch.frombuffer(jpeg, dtype=torch.uint8), len(raw)
+
+    def _files(
+        self, plan: BatchPlan, pool: ThreadPoolExecutor
+    ) -> tuple[list[tuple[int, torch.Tensor | None, int]], float]:
+        """The batch's new tiles as JPEG files, read in ``pool``; and the seconds it took."""
+        start = time.perf_counter()
+        files = list(pool.map(self._jpeg, [int(t) for t in plan.decode]))
+        return files, time.perf_counter() - start
+
     def _decode(
-        self, plan: BatchPlan, tiles: dict[int, torch.Tensor], pool: ThreadPoolExecutor
+        self,
+        files: list[tuple[int, torch.Tensor | None, int]],
+        read_s: float,
+        tiles: dict[int, torch.Tensor],
     ) -> None:
         from torchvision.io import decode_jpeg
 
-        ids = [int(t) for t in plan.decode]
         start = time.perf_counter()
-        data = list(pool.map(self.source.raw, ids))
-        read = time.perf_counter()
-        files, keys = [], []
         g = self.source.geometry
-        for tile, raw in zip(ids, data, strict=True):
-            if raw:
-                jpeg = bytearray(self.source.jpeg_file(raw))
-                files.append(torch.frombuffer(jpeg, dtype=torch.uint8))
-                keys.append(tile)
-            else:  # sparse: white
+        keys = [tile for tile, data, _ in files if data is not None]
+        for tile, data, _ in files:
+            if data is None:  # sparse: white
                 tiles[tile] = torch.full(
                     (3, g.tile_h, g.tile_w), WHITE, dtype=torch.uint8, device=self.device
                 )
-        if files:
+        if keys:
             try:
                 with warnings.catch_warnings():  # torchvision 0.29 points at TorchCodec
                     warnings.simplefilter("ignore", DeprecationWarning)
-                    decoded = decode_jpeg(files, device=self.device)
+                    decoded = decode_jpeg(
+                        [data for _, data, _ in files if data is not None], device=self.device
+                    )
             except Exception as err:
                 raise SlideReadError(
-                    f"could not decode {len(files)} JPEG tiles of level {self.source.level} on "
+                    f"could not decode {len(keys)} JPEG tiles of level {self.source.level} on "
                     f"{self.device} ({' '.join(str(err).split())[:160]}); use --decode cpu",
                     self._path,
                 ) from err
@@ -196,10 +211,10 @@ class DeviceBatches:
                     )
                 tiles[tile] = pixels
         self.stats.add(
-            tiles=len(ids),
-            bytes_read=sum(len(d) for d in data),
-            read_s=read - start,
-            decode_s=time.perf_counter() - read,
+            tiles=len(files),
+            bytes_read=sum(n for _, _, n in files),
+            read_s=read_s,
+            decode_s=time.perf_counter() - start,
         )
 
     def _cut(self, plan: BatchPlan, tiles: dict[int, torch.Tensor]) -> torch.Tensor:
@@ -223,13 +238,20 @@ class DeviceBatches:
         stream = torch.cuda.Stream(self.device) if cuda else None
         tiles: dict[int, torch.Tensor] = {}
         pool = ThreadPoolExecutor(self.threads, thread_name_prefix="wsi-ai-pread")
+        ahead = ThreadPoolExecutor(1, thread_name_prefix="wsi-ai-read-ahead")
+        plans = self.plan.batches
         try:
             ctx = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
             with ctx:
-                for plan in self.plan.batches:
+                pending = ahead.submit(self._files, plans[0], pool) if plans else None
+                for k, plan in enumerate(plans):
                     if stop.is_set():
                         return
-                    self._decode(plan, tiles, pool)
+                    assert pending is not None
+                    files, read_s = pending.result()
+                    if k + 1 < len(plans):  # read batch k + 1 while batch k decodes
+                        pending = ahead.submit(self._files, plans[k + 1], pool)
+                    self._decode(files, read_s, tiles)
                     pixels = self._cut(plan, tiles)
                     for tile in plan.release:
                         tiles.pop(int(tile), None)
@@ -241,7 +263,8 @@ class DeviceBatches:
         except BaseException as err:  # handed to the consumer, raised there
             _put(out, err, stop)
         finally:
-            pool.shutdown(wait=True)
+            ahead.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=True, cancel_futures=True)
         _put(out, None, stop)
 
     def __iter__(self) -> Iterator[DeviceBatch]:

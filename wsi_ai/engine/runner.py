@@ -370,7 +370,7 @@ def _loop(
     for batch in batches:
         count = len(batch)
         pixels = batch.padded if model.compiled else batch.pixels  # one shape when compiled
-        if copy_stream is not None and pixels.device != model.device:
+        if copy_stream is not None and pixels.device.type == "cpu":
             with torch.cuda.stream(copy_stream):
                 pixels = pixels.to(model.device, non_blocking=True)
                 copied = torch.cuda.Event()
