@@ -3,10 +3,10 @@
 :class:`InferenceModel` wraps a :class:`~wsi_ai.nn.backbone.Backbone` for one device:
 uint8 RGB patches ``[B, H, W, 3]`` go in, are normalised on the device with the card's
 mean/std (``(x / 255 - mean) / std``), and run channels-last under autocast (bf16, or
-fp16 on GPUs without bf16; fp32 on CPUs without bf16 support), optionally through
-``torch.compile``. Out come float16 embeddings ``[B, embed_dim]`` and, for cards with
-``classes``, float32 scores ``[B, C]``: the softmax of the card's classifier head applied
-to the embedding.
+fp16 on GPUs without bf16; on a CPU bf16 only where a probe measures it faster, else
+fp32: :mod:`~wsi_ai.engine.precision`), optionally through ``torch.compile``. Out come
+float16 embeddings ``[B, embed_dim]`` and, for cards with ``classes``, float32 scores
+``[B, C]``: the softmax of the card's classifier head applied to the embedding.
 
 :func:`run_batches` is the loop: while the model works on batch *i*, the read threads
 fill the next batches (:func:`~wsi_ai.engine.batching.open_batches`), the copy of batch
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from wsi_ai.engine.config import EngineConfig, ModelConfig
+from wsi_ai.engine.precision import PrecisionChoice, choose_precision, cpu_supports_bf16
 from wsi_ai.errors import ModelError
 from wsi_ai.nn.backbone import Backbone, build_backbone
 from wsi_ai.nn.cards import ModelCard, find_card
@@ -85,21 +86,20 @@ def is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
-def cpu_supports_bf16() -> bool:
-    """Whether oneDNN has fast bf16 kernels on this CPU (AVX512-BF16, AMX)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: bf16 where supported, else fp16 on a GPU and fp32 on a CPU."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_supports_bf16() else "fp32"
+def resolve_precision(
+    precision: str,
+    device: torch.device,
+    backbone: Backbone | None = None,
+    size: int | None = None,
+    *,
+    channels_last: bool = True,
+) -> str:
+    """``auto``: on a GPU bf16 where supported, else fp16; on a CPU bf16 where it measures
+    faster for ``backbone`` at ``size`` px, else fp32 (fp32 without a backbone to measure).
+    See :func:`~wsi_ai.engine.precision.choose_precision`."""
+    card = None if backbone is None else backbone.card
+    choice = choose_precision(precision, device, backbone, card, size, channels_last=channels_last)
+    return choice.precision
 
 
 class InferenceModel:
@@ -132,13 +132,17 @@ class InferenceModel:
         self.device = torch.device(device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels
-        self.precision = resolve_precision(precision, self.device)
         self.size = size
         self.embeddings, self.scores = embeddings, scores
         self.channels_last = channels_last
         self.backbone = backbone.to(self.device).eval()
         if channels_last:
             self.backbone.to(memory_format=torch.channels_last)
+        # after the move: a CPU's ``auto`` is measured on the backbone as it will run
+        self.precision_choice: PrecisionChoice = choose_precision(
+            precision, self.device, self.backbone, card, size, channels_last=channels_last
+        )
+        self.precision = self.precision_choice.precision
         self.classifier = backbone.model.get_classifier() if scores else None  # type: ignore[operator]
         mean = torch.tensor(card.mean, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(card.std, device=self.device).view(1, 3, 1, 1)
@@ -158,6 +162,7 @@ class InferenceModel:
         return {
             "device": str(self.device),
             "precision": self.precision,
+            "precision_choice": self.precision_choice.record(),
             "batch_size": self.batch_size,
             "channels_last": self.channels_last,
             "compile": self.compiled,
@@ -255,7 +260,11 @@ def load_model(
     device: torch.device | str | None = None,
     size: int | None = None,
 ) -> InferenceModel:
-    """Find the config's card, build its backbone (unless given) and prepare it."""
+    """Find the config's card, build its backbone (unless given) and prepare it.
+
+    The backbone is built on the meta device and its weights (or seeded random ones)
+    materialise straight on the target device: a GPU run never builds the model on the CPU.
+    """
     if isinstance(config, EngineConfig):
         config = config.model_config
     if backbone is None:
@@ -265,7 +274,7 @@ def load_model(
             card,
             config.weights,
             random_init=config.random_init,
-            device="cpu",
+            device=target,
             sha256=config.sha256,
         )
     else:

@@ -1,8 +1,9 @@
 """Backbones from model cards: a timm architecture, local weights, one embedding per patch.
 
-``build_backbone(card, weights)`` builds the card's architecture on the meta device
-(no memory, no random init), loads the local weights file into it in place, and wraps
-it in a :class:`Backbone` whose ``forward`` maps normalised images ``[B, 3, H, W]`` to
+``build_backbone(card, weights, device=...)`` builds the card's architecture on the meta
+device (no memory, no random init), loads the local weights file into it in place, on
+the target device (a GPU run never builds the model on the CPU), and wraps it in a
+:class:`Backbone` whose ``forward`` maps normalised images ``[B, 3, H, W]`` to
 embeddings ``[B, embed_dim]`` with the card's readout. ``random_init=True`` gives the
 same network with random weights for benchmarks and smoke tests; the backbone says so
 in :meth:`Backbone.provenance`, and every output written from it must carry that flag.
@@ -11,9 +12,11 @@ Nothing is downloaded: timm is always called with ``pretrained=False``.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,15 +93,40 @@ def _readout_dim(card: ModelCard, model: nn.Module) -> tuple[int, int]:
     return dim, int(prefix)
 
 
-def _random_weights(model: nn.Module, seed: int) -> bool:
-    """Materialise a meta-device model on the CPU with seeded random weights.
+def _build_device(device: Device) -> torch.device:
+    """Where a model is materialised: ``device`` itself for the CPU and CUDA GPUs (a bare
+    ``cuda`` made ``cuda:N``), else the CPU (the model is moved afterwards)."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device if device.type in ("cpu", "cuda") else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Random numbers drawn on ``device`` (and the CPU) seeded with ``seed``; the callers'
+    generator states are restored afterwards. On a GPU the values differ from the CPU's
+    for one seed, but are the same for every run on that GPU kind."""
+    gpus = [device.index] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=gpus):
+        torch.default_generator.manual_seed(seed)  # the CPU only (torch.manual_seed: all)
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
+def _random_weights(model: nn.Module, seed: int, device: Device = "cpu") -> bool:
+    """Materialise a meta-device model on ``device`` with seeded random weights.
 
     Uses each layer's own ``reset_parameters`` (fast, unlike timm's truncated-normal
     init of a billion values) and N(0, 0.02) for loose tensors (class token, position
-    embedding, registers). Returns False, leaving the model unusable, when some buffer
-    would stay uninitialised; the caller then builds it the slow way.
+    embedding, registers), drawn on ``device`` itself. Returns False, leaving the model
+    unusable, when some buffer would stay uninitialised; the caller then builds it the
+    slow way.
     """
-    model.to_empty(device="cpu")
+    device = torch.device(device)
+    model.to_empty(device=device)
     covered: set[int] = set()
     resets = []
     for module in model.modules():
@@ -109,8 +137,7 @@ def _random_weights(model: nn.Module, seed: int) -> bool:
             covered.update(id(t) for t in module.buffers(recurse=False))
     if any(id(b) not in covered for b in model.buffers()):
         return False
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(seed)
+    with _seeded(seed, device), torch.no_grad():
         for reset in resets:
             reset()
         for param in model.parameters():
@@ -189,13 +216,17 @@ def build_backbone(
     sha256: str | None = None,
     seed: int = 0,
 ) -> Backbone:
-    """Build the card's network and load its local weights (or random ones).
+    """Build the card's network and load its local weights (or random ones) on ``device``.
 
     ``weights`` defaults to the card's ``weights``; ``sha256`` (else the card's) is
     checked when given, and the file's sha256 is recorded in :meth:`Backbone.provenance`
     either way (the file is hashed once). ``random_init=True`` uses seeded random
     weights instead and marks the backbone as such. Raises :class:`ModelError` for a missing or
     mismatching file, a wrong sha256, or a card whose readout does not fit.
+
+    The network is built on the meta device and its tensors materialise on ``device``
+    directly: the file's tensors are copied there, or the seeded random weights are drawn
+    there (on a GPU they differ from the CPU's for one seed, and are the same run to run).
     """
     if random_init and weights is not None:
         raise ModelError(f"card {card.name!r}: give a weights file or random_init, not both")
@@ -217,19 +248,19 @@ def build_backbone(
             card.path,
         )
     report = None
+    where = _build_device(device)
     if random_init:
-        if not _random_weights(model, seed):
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                model = create_architecture(card, device="cpu")
+        if not _random_weights(model, seed, where):
+            with _seeded(seed, where):
+                model = create_architecture(card, device=where)
         log.warning("card %s: RANDOM weights (random_init); outputs mean nothing", card.name)
     else:
         assert path is not None
-        report = load_weights(model, card, path, sha256)
+        report = load_weights(model, card, path, sha256, device=where)
         tensors = itertools.chain(model.parameters(), model.buffers())
         if any(t.is_meta for t in tensors):  # non-persistent buffers: build for real
-            model = create_architecture(card, device="cpu")
-            report = load_weights(model, card, path, sha256, digest=report.sha256)
+            model = create_architecture(card, device=where)
+            report = load_weights(model, card, path, sha256, digest=report.sha256, device=where)
     model = model.to(device).eval().requires_grad_(False)
     backbone = Backbone(
         model,

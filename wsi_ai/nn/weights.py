@@ -258,6 +258,13 @@ def map_keys(state: StateDict, key_mapping: str) -> StateDict:
     return state
 
 
+def _placed(value: torch.Tensor, dtype: torch.dtype, device: torch.device | None) -> torch.Tensor:
+    """``value`` on ``device`` (if given), then cast to ``dtype`` if floating point."""
+    if device is not None:
+        value = value.to(device)
+    return value.to(dtype) if value.is_floating_point() else value
+
+
 @dataclass(frozen=True)
 class LoadReport:
     """How a weights file compares with a model: what is missing, extra or misshapen."""
@@ -346,6 +353,7 @@ def load_weights(
     sha256: str | None = None,
     *,
     digest: str | None = None,
+    device: str | torch.device | None = None,
 ) -> LoadReport:
     """Check, read, map and load a local weights file into ``model`` (strict).
 
@@ -353,7 +361,9 @@ def load_weights(
     when one is given, and recorded in the report either way (``digest``: the file's
     sha256 already computed, e.g. by an earlier load of the same file, so it is not
     read again). A model on the meta device takes the file's tensors in place (no
-    copy); otherwise they are copied in. Tensors are cast to the model's dtype. Raises
+    second copy), moved to ``device`` first (default: where the file was read, the CPU),
+    so a GPU model never holds CPU tensors; otherwise they are copied in. Tensors are cast
+    to the model's dtype (on ``device``, after the move: less to copy). Raises
     :class:`ModelError` naming the file and what differs.
     """
     path = Path(path).expanduser()
@@ -382,7 +392,8 @@ def load_weights(
         )
     targets = model.state_dict()
     on_meta = any(t.is_meta for t in targets.values())
-    cast = {k: v.to(targets[k].dtype) if v.is_floating_point() else v for k, v in state.items()}
+    where = None if device is None else torch.device(device)
+    cast = {k: _placed(v, targets[k].dtype, where) for k, v in state.items()}
     model.load_state_dict(cast, strict=True, assign=on_meta)
     return LoadReport(
         path=path,
