@@ -35,11 +35,31 @@ def benchmarks(slide: Path) -> dict[str, list[str]]:
         "stitch": [str(bench / "bench_stitch.py")],
         "regions": [str(bench / "bench_regions.py")],
         "aggregator": [str(bench / "bench_aggregator.py")],
-        "engine": [str(bench / "bench_engine.py"), "--slide", str(slide)],
+        "engine": [str(bench / "bench_engine.py")],  # generates its own slides
+        # the user command on the shared slide: every stage beside its limit
+        "wsi-ai-bench": [
+            "-c",
+            "from wsi_ai.cli import main; main(prog_name='wsi-ai')",
+            "bench",
+            str(slide),
+            "--model",
+            "resnet50",
+            "--random-init",
+            "--max-patches",
+            "512",
+            "--json",
+            str(REPO / "bench-out" / "wsi-ai-bench.json"),
+        ],
+        "peers": [str(bench / "bench_peers.py"), "--json", str(REPO / "bench-out" / "peers.json")],
+        "scaling": [str(bench / "bench_scaling.py")],
         "proof": [str(bench / "bench_proof_of_learning.py"), str(REPO / "bench-out" / "proof")],
         "batch": [str(bench / "bench_batch.py"), str(REPO / "bench-out" / "batch")],
     }
-    return {name: args for name, args in table.items() if Path(args[0]).exists()}
+    return {
+        name: args
+        for name, args in table.items()
+        if not args[0].endswith(".py") or Path(args[0]).exists()
+    }
 
 
 def main() -> int:
