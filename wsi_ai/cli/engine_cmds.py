@@ -134,7 +134,8 @@ def _engine_options(func: F) -> F:
             type=click.Choice(PRECISIONS),
             default="auto",
             show_default=True,
-            help="auto: bf16 where the device supports it (else fp16 on GPUs, fp32 on CPUs).",
+            help="auto: bf16 on GPUs that have it (else fp16); on CPUs bf16 only where it "
+            "measures at least 10% faster than fp32 (checked once, logged with -v).",
         ),
         click.option("--compile", is_flag=True, help="torch.compile the model (GPU, big runs)."),
         click.option(

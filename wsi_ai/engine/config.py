@@ -81,9 +81,10 @@ class EngineConfig:
     ``tissue``); ``slide_mpp`` is the slide's own level-0 µm/px for files that lack it;
     ``read_threads`` decode patches ahead of the model. ``batch_size=None`` picks one: the
     largest power of two that fits half the free GPU memory (at most 512), or 32 on a CPU.
-    ``precision="auto"`` is bf16 where the device supports it (else fp16 on a GPU, fp32 on a
-    CPU), run under autocast. ``sha256`` (64 hex digits, kept lower-case) is checked against
-    the weights file, which is refused on a mismatch; it wins over the card's. ``decode``
+    ``precision="auto"`` is bf16 on a GPU that has it (else fp16) and, on a CPU, bf16 only
+    where it measures faster than fp32 (:mod:`wsi_ai.engine.precision`), under autocast.
+    ``sha256`` (64 hex digits, kept lower-case) is checked against the weights file, which
+    is refused on a mismatch; it wins over the card's. ``decode``
     says where tiles are decoded: ``gpu`` (nvJPEG, JPEG-tiled levels, CUDA models), ``cpu``,
     or ``auto`` (the GPU where it applies); see :mod:`wsi_ai.engine.batching`.
     """
