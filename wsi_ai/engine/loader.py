@@ -23,7 +23,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,16 +33,45 @@ import pandas as pd
 import torch
 from numpy.typing import NDArray
 
+from wsi_ai.engine.tile_plan import LevelGeometry
 from wsi_ai.slide import Slide
 from wsi_ai.slide.slide import resize
 from wsi_ai.tiling import GridSpec
 
-__all__ = ["Batch", "PatchBatches", "PatchReader"]
+__all__ = ["Batch", "PatchBatches", "PatchReader", "assemble"]
 
 # Decoded tiles kept per slide (bytes); a tile row of a 100,000 px slide is about 75 MiB.
 DEFAULT_CACHE_BYTES = 128 * 2**20
 WHITE = 255
 MIN_CHUNK = 8  # patches per read task, at least
+
+
+def assemble(
+    tile_at: Callable[[int], NDArray[np.uint8]],
+    lx: int,
+    ly: int,
+    side: int,
+    geometry: LevelGeometry,
+    out: NDArray[np.uint8],
+) -> None:
+    """Fill ``out`` (side, side, 3) with level pixels from ``(lx, ly)``; ``tile_at(id)``
+    gives the decoded tile ``row * cols + col``. Outside the level is white."""
+    th, tw = geometry.tile_h, geometry.tile_w
+    x1, y1 = min(lx + side, geometry.width), min(ly + side, geometry.height)
+    x0, y0 = max(lx, 0), max(ly, 0)
+    if x0 >= x1 or y0 >= y1:
+        out[...] = WHITE
+        return
+    if (x0, y0, x1, y1) != (lx, ly, lx + side, ly + side):
+        out[...] = WHITE  # partly outside the level
+    for cy in range(y0 // th, (y1 - 1) // th + 1):
+        top, bottom = max(y0, cy * th), min(y1, (cy + 1) * th)
+        for cx in range(x0 // tw, (x1 - 1) // tw + 1):
+            left, right = max(x0, cx * tw), min(x1, (cx + 1) * tw)
+            tile = tile_at(cy * geometry.cols + cx)
+            out[top - ly : bottom - ly, left - lx : right - lx] = tile[
+                top - cy * th : bottom - cy * th, left - cx * tw : right - cx * tw
+            ]
 
 
 class PatchReader:
@@ -57,6 +86,7 @@ class PatchReader:
         self._tile_h, self._tile_w = int(array.chunks[0]), int(array.chunks[1])
         self._height, self._width = int(array.shape[0]), int(array.shape[1])
         self._downsample = slide.levels[spec.level].downsample
+        self._geometry = LevelGeometry(self._width, self._height, self._tile_w, self._tile_h)
 
     def _tile(self, cy: int, cx: int) -> NDArray[np.uint8]:
         data = self._store.chunk_bytes(self.level, cy, cx)
@@ -64,22 +94,10 @@ class PatchReader:
 
     def read_level(self, lx: int, ly: int, side: int, out: NDArray[np.uint8]) -> None:
         """Fill ``out`` (side, side, 3) with level pixels from level coordinates (lx, ly)."""
-        th, tw = self._tile_h, self._tile_w
-        x1, y1 = min(lx + side, self._width), min(ly + side, self._height)
-        x0, y0 = max(lx, 0), max(ly, 0)
-        if x0 >= x1 or y0 >= y1:
-            out[...] = WHITE
-            return
-        if (x0, y0, x1, y1) != (lx, ly, lx + side, ly + side):
-            out[...] = WHITE  # partly outside the level
-        for cy in range(y0 // th, (y1 - 1) // th + 1):
-            top, bottom = max(y0, cy * th), min(y1, (cy + 1) * th)
-            for cx in range(x0 // tw, (x1 - 1) // tw + 1):
-                left, right = max(x0, cx * tw), min(x1, (cx + 1) * tw)
-                tile = self._tile(cy, cx)
-                out[top - ly : bottom - ly, left - lx : right - lx] = tile[
-                    top - cy * th : bottom - cy * th, left - cx * tw : right - cx * tw
-                ]
+        assemble(self._tile_by_id, lx, ly, side, self._geometry, out)
+
+    def _tile_by_id(self, tile: int) -> NDArray[np.uint8]:
+        return self._tile(*divmod(tile, self._geometry.cols))
 
     def read(self, x: int, y: int, out: NDArray[np.uint8]) -> None:
         """Fill ``out`` (size, size, 3) with the patch at level-0 ``(x, y)``."""

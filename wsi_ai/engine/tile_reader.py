@@ -34,14 +34,14 @@ import pandas as pd
 import torch
 from numpy.typing import NDArray
 
-from wsi_ai.engine.loader import WHITE, Batch
+from wsi_ai.engine.loader import Batch, assemble
 from wsi_ai.engine.tile_plan import LevelGeometry, TilePlan
 from wsi_ai.errors import SlideReadError
 from wsi_ai.slide import Slide
 from wsi_ai.slide.slide import resize
 from wsi_ai.tiling import GridSpec
 
-__all__ = ["PlannedBatches", "ReadStats", "TileSource", "assemble", "level_coordinates"]
+__all__ = ["PlannedBatches", "ReadStats", "TileSource", "level_coordinates"]
 
 Tile = NDArray[np.uint8]
 
@@ -154,28 +154,6 @@ class TileSource:
             self._native.close()
 
 
-def assemble(
-    tiles: Mapping[int, Tile], lx: int, ly: int, side: int, geometry: LevelGeometry, out: Tile
-) -> None:
-    """Fill ``out`` (side, side, 3) with level pixels from ``(lx, ly)`` out of ``tiles``."""
-    th, tw = geometry.tile_h, geometry.tile_w
-    x1, y1 = min(lx + side, geometry.width), min(ly + side, geometry.height)
-    x0, y0 = max(lx, 0), max(ly, 0)
-    if x0 >= x1 or y0 >= y1:
-        out[...] = WHITE
-        return
-    if (x0, y0, x1, y1) != (lx, ly, lx + side, ly + side):
-        out[...] = WHITE  # partly outside the level
-    for cy in range(y0 // th, (y1 - 1) // th + 1):
-        top, bottom = max(y0, cy * th), min(y1, (cy + 1) * th)
-        for cx in range(x0 // tw, (x1 - 1) // tw + 1):
-            left, right = max(x0, cx * tw), min(x1, (cx + 1) * tw)
-            tile = tiles[cy * geometry.cols + cx]
-            out[top - ly : bottom - ly, left - lx : right - lx] = tile[
-                top - cy * th : bottom - cy * th, left - cx * tw : right - cx * tw
-            ]
-
-
 class _Resolved(dict[int, Tile]):
     """Decoded tiles of a batch, taken from their futures on first use."""
 
@@ -250,9 +228,9 @@ class PlannedBatches:
             start = time.perf_counter()
             lx, ly = int(self._lx[i]), int(self._ly[i])
             if raw is None:
-                assemble(resolved, lx, ly, side, geometry, pixels[i - offset])
+                assemble(resolved.__getitem__, lx, ly, side, geometry, pixels[i - offset])
             else:
-                assemble(resolved, lx, ly, side, geometry, raw)
+                assemble(resolved.__getitem__, lx, ly, side, geometry, raw)
                 pixels[i - offset] = resize(raw, (self.size, self.size))
             self.stats.add(assemble_s=time.perf_counter() - start)
 
